@@ -1,0 +1,1 @@
+//! Chunk codec (being written).

@@ -1,0 +1,104 @@
+//! Wattline's storage layer: the [`Store`] trait and its two backends.
+//!
+//! The ingest engine above decides *what* to write (deduplicated, ordered points; merged
+//! rollups); a backend decides *how* it lies on disk. The embedded SQLite backend keeps raw
+//! readings as compressed column chunks (a few bytes per reading); PostgreSQL keeps them as
+//! plain rows in monthly partitions. Both keep rollups in plain tables with the same columns
+//! (see [`schema`]), so SQL users see one model.
+//!
+//! Every backend passes the same suite (`testsuite.rs`), run once per backend.
+
+pub mod codec;
+pub mod error;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+pub mod schema;
+pub mod sqlite;
+#[cfg(test)]
+mod testsuite;
+pub mod types;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use wattline_domain::{BucketTier, Device, DeviceId, Point, SeriesId, Site, SiteId, TsMs};
+
+pub use error::StoreError;
+pub use types::*;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What every storage backend offers. All methods are safe to call concurrently; a method
+/// that writes returns only once its effect is durable.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`, for logs and metrics.
+    fn backend(&self) -> &'static str;
+
+    // ---- sites
+    /// Fails with [`StoreError::Conflict`] when the id is taken.
+    async fn create_site(&self, site: &Site) -> Result<()>;
+    async fn get_site(&self, id: &SiteId) -> Result<Option<Site>>;
+    async fn list_sites(&self) -> Result<Vec<Site>>;
+    /// Returns false when no such site exists.
+    async fn update_site(&self, site: &Site) -> Result<bool>;
+    /// Fails with [`StoreError::Conflict`] while devices still belong to the site.
+    async fn delete_site(&self, id: &SiteId) -> Result<bool>;
+
+    // ---- devices
+    /// `token_hash` is the hash of the device's ingest token; the token itself is never stored.
+    async fn create_device(&self, device: &Device, token_hash: &str) -> Result<()>;
+    async fn get_device(&self, id: &DeviceId) -> Result<Option<Device>>;
+    async fn list_devices(&self) -> Result<Vec<Device>>;
+    async fn update_device(&self, device: &Device) -> Result<bool>;
+    async fn set_device_token(&self, id: &DeviceId, token_hash: &str) -> Result<bool>;
+    /// Deletes the device with all its series, readings and rollups.
+    async fn delete_device(&self, id: &DeviceId) -> Result<bool>;
+    async fn device_by_token(&self, token_hash: &str) -> Result<Option<DeviceId>>;
+
+    // ---- site ingest tokens (gateways, Telegraf)
+    async fn create_ingest_token(&self, token: &IngestToken, token_hash: &str) -> Result<()>;
+    async fn list_ingest_tokens(&self, site: &SiteId) -> Result<Vec<IngestToken>>;
+    async fn delete_ingest_token(&self, id: &str) -> Result<bool>;
+    async fn ingest_token_site(&self, token_hash: &str) -> Result<Option<SiteId>>;
+
+    // ---- series
+    /// The series of (device, channel), created on first use.
+    async fn series_id(&self, device: &DeviceId, channel: &str) -> Result<SeriesId>;
+    async fn list_series(&self) -> Result<Vec<SeriesInfo>>;
+
+    // ---- raw readings
+    /// Appends points that are all newer than anything stored for their series (the engine
+    /// guarantees it); each `SeriesPoints` is sorted by ascending, unique timestamps.
+    async fn append(&self, batch: &[SeriesPoints]) -> Result<()>;
+    /// Merges points that may overlap stored ones: a stored point with the same timestamp has
+    /// the new values laid over it (per quantity, newer wins). Returns the merged points at
+    /// the given timestamps, as now stored.
+    async fn upsert(&self, series: SeriesId, points: &[Point]) -> Result<Vec<Point>>;
+    /// Points with `from <= ts < to`, ascending, at most `limit`.
+    async fn read_raw(&self, series: SeriesId, from: TsMs, to: TsMs, limit: usize)
+        -> Result<Vec<Point>>;
+    /// Points with `ts < before`, newest first, at most `limit`.
+    async fn read_raw_before(&self, series: SeriesId, before: TsMs, limit: usize)
+        -> Result<Vec<Point>>;
+    /// The newest point of every series that has one.
+    async fn latest(&self) -> Result<Vec<(SeriesId, Point)>>;
+
+    // ---- rollups
+    /// Applies rollup changes and watermarks in one transaction.
+    async fn write_rollups(&self, write: &RollupWrite) -> Result<()>;
+    /// Rollup rows of one series with `from <= bucket < to`, ascending.
+    async fn read_rollups(&self, tier: BucketTier, series: SeriesId, from: TsMs, to: TsMs)
+        -> Result<Vec<RollupRow>>;
+
+    // ---- upkeep
+    /// Backend housekeeping that keeps storage compact and fast (chunk compaction, partition
+    /// creation). Safe to call at any time; cheap when there is nothing to do.
+    async fn maintain(&self, now: TsMs) -> Result<MaintenanceReport>;
+    /// Deletes data older than the policy keeps; returns the number of rows or chunks removed.
+    async fn apply_retention(&self, policy: &Retention, now: TsMs) -> Result<u64>;
+    /// Bytes the backend occupies on disk (database files, or the relations' total size).
+    async fn disk_bytes(&self) -> Result<u64>;
+}
+
+pub type DynStore = Arc<dyn Store>;

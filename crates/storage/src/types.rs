@@ -1,0 +1,91 @@
+use serde::{Deserialize, Serialize};
+use wattline_domain::{Agg, BucketTier, DeviceId, Point, SeriesId, SiteId, TsMs};
+
+/// A site ingest token's public part; the secret is kept only as a hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngestToken {
+    pub id: String,
+    pub site: SiteId,
+    pub name: String,
+    pub created_at: TsMs,
+}
+
+/// A (device, channel) series and how far its rollups are known to be complete.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesInfo {
+    pub id: SeriesId,
+    pub device: DeviceId,
+    pub channel: String,
+    /// Every raw point with `ts <= rollup_watermark` is reflected in the rollup tables.
+    /// Points after it are re-aggregated from raw after a crash.
+    pub rollup_watermark: Option<TsMs>,
+}
+
+/// New points of one series, ascending by unique timestamp.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesPoints {
+    pub series: SeriesId,
+    pub points: Vec<Point>,
+}
+
+/// One rollup bucket of one series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RollupRow {
+    pub series: SeriesId,
+    pub bucket: TsMs,
+    pub agg: Agg,
+}
+
+/// Rollup changes written together with the watermarks they justify.
+#[derive(Debug, Clone, Default)]
+pub struct RollupWrite {
+    /// Rows merged into what is stored (`Agg::merge`): the incremental path.
+    pub merge: Vec<(BucketTier, RollupRow)>,
+    /// Rows that replace what is stored: recomputed buckets after late data.
+    pub replace: Vec<(BucketTier, RollupRow)>,
+    pub watermarks: Vec<(SeriesId, TsMs)>,
+}
+
+impl RollupWrite {
+    pub fn is_empty(&self) -> bool {
+        self.merge.is_empty() && self.replace.is_empty() && self.watermarks.is_empty()
+    }
+}
+
+/// How long each tier is kept; `None` keeps it forever.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Retention {
+    pub raw_days: Option<u32>,
+    pub minute_days: Option<u32>,
+    pub hour_days: Option<u32>,
+    pub day_days: Option<u32>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            raw_days: Some(30),
+            minute_days: Some(365),
+            hour_days: None,
+            day_days: None,
+        }
+    }
+}
+
+impl Retention {
+    pub fn keep_days(&self, tier: BucketTier) -> Option<u32> {
+        match tier {
+            BucketTier::Raw => self.raw_days,
+            BucketTier::Minute => self.minute_days,
+            BucketTier::Hour => self.hour_days,
+            BucketTier::Day => self.day_days,
+        }
+    }
+}
+
+/// What `maintain` did, for logs and metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MaintenanceReport {
+    pub chunks_compacted: u64,
+    pub partitions_created: u64,
+}
