@@ -43,7 +43,7 @@ impl TsMs {
     }
 
     pub fn minute_start(self) -> TsMs {
-        TsMs(self.0.div_euclid(Self::MINUTE) * Self::MINUTE)
+        TsMs(self.0.div_euclid(Self::MINUTE).saturating_mul(Self::MINUTE))
     }
 }
 

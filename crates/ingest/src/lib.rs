@@ -1,1 +1,591 @@
-//! placeholder
+//! Wattline's write path.
+//!
+//! Transports (HTTP today, MQTT and TCP later) hand validated [`Reading`]s to
+//! [`Engine::write`], which returns once they are durable. One writer task group-commits
+//! whatever has queued up since its last commit, so a busy server makes fewer, larger
+//! transactions and a quiet one answers at once. A semaphore counted in readings bounds what
+//! may wait in memory: when storage falls behind, writers wait (backpressure) instead of the
+//! queue growing without limit.
+//!
+//! Readings newer than their series' last one take the fast path: appended, then folded into
+//! pending rollups. Older ones (late, out of order, duplicates) are merged into stored data and
+//! the rollups they touch are recomputed from raw readings, so totals stay exact.
+
+pub mod metrics;
+pub mod registry;
+pub mod rollup;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, RwLock, Semaphore};
+use tokio::task::JoinHandle;
+use wattline_domain::energy::{EnergyConfig, EnergyState};
+use wattline_domain::{Agg, BucketTier, Point, Reading, SeriesId, TsMs};
+use wattline_storage::{
+    DynStore, Retention, RollupRow, RollupWrite, SeriesPoints, StoreError,
+};
+
+pub use metrics::Metrics;
+pub use registry::Registry;
+use rollup::{Pending, SeriesPending};
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub energy: EnergyConfig,
+    /// Readings that may wait for storage at once before writers are made to wait.
+    pub max_queued_readings: usize,
+    /// Most readings one group commit takes.
+    pub max_commit_readings: usize,
+    /// How long a writer waits for queue space before it is told the server is overloaded.
+    pub queue_timeout: Duration,
+    pub rollup_flush_interval: Duration,
+    pub maintenance_interval: Duration,
+    pub retention: Retention,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            energy: EnergyConfig::default(),
+            max_queued_readings: 500_000,
+            max_commit_readings: 100_000,
+            queue_timeout: Duration::from_secs(30),
+            rollup_flush_interval: Duration::from_secs(2),
+            maintenance_interval: Duration::from_secs(60),
+            retention: Retention::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("storage is behind: no room in the write queue after {0:?}; retry later")]
+    Overloaded(Duration),
+    #[error("device {0} is not registered")]
+    UnknownDevice(String),
+    #[error("storage failed: {0}")]
+    Storage(#[from] StoreError),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+impl EngineError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            EngineError::Overloaded(_) => "overloaded",
+            EngineError::UnknownDevice(_) => "unknown_device",
+            EngineError::Storage(_) => "storage_error",
+            EngineError::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+struct WriteRequest {
+    readings: Vec<Reading>,
+    arrived: Instant,
+    done: oneshot::Sender<Result<usize, EngineError>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The live state of one series that the writer keeps between batches.
+#[derive(Debug, Default, Clone, Copy)]
+struct SeriesLive {
+    energy: EnergyState,
+}
+
+struct Shared {
+    store: DynStore,
+    config: EngineConfig,
+    registry: Registry,
+    metrics: Metrics,
+    /// Newest stored point of each series, for "latest reading of every device".
+    latest: std::sync::RwLock<HashMap<SeriesId, Point>>,
+    pending: Mutex<Pending>,
+    /// Held for reading while a query combines stored and pending rollups, for writing while a
+    /// flush moves pending rollups into storage: a query sees each reading exactly once.
+    flush_gate: RwLock<()>,
+    queue_space: Arc<Semaphore>,
+}
+
+/// Handle to the write path; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+    requests: mpsc::UnboundedSender<WriteRequest>,
+}
+
+/// The engine's background tasks; [`EngineTasks::shutdown`] drains and flushes them.
+pub struct EngineTasks {
+    writer: JoinHandle<()>,
+    background: JoinHandle<()>,
+    stop_background: oneshot::Sender<()>,
+    shared: Arc<Shared>,
+}
+
+impl Engine {
+    /// Loads sites, devices and series, repairs rollups after an unclean stop, and starts the
+    /// writer and the background upkeep.
+    pub async fn start(store: DynStore, config: EngineConfig) -> Result<(Engine, EngineTasks), EngineError> {
+        let shared = Arc::new(Shared {
+            store: store.clone(),
+            queue_space: Arc::new(Semaphore::new(config.max_queued_readings)),
+            config,
+            registry: Registry::default(),
+            metrics: Metrics::default(),
+            latest: Default::default(),
+            pending: Default::default(),
+            flush_gate: RwLock::new(()),
+        });
+        for site in store.list_sites().await? {
+            shared.registry.put_site(&site);
+        }
+        for device in store.list_devices().await? {
+            shared.registry.put_device(&device);
+        }
+        let series = store.list_series().await?;
+        for s in &series {
+            shared.registry.put_series(s.id, &s.device, &s.channel);
+        }
+        *shared.latest.write().expect("latest poisoned") = store.latest().await?.into_iter().collect();
+        let mut live = HashMap::new();
+        let mut replayed = 0usize;
+        for s in &series {
+            let (state, n) = replay_series(&shared, s.id, s.rollup_watermark).await?;
+            live.insert(s.id, SeriesLive { energy: state });
+            replayed += n;
+        }
+        if replayed > 0 {
+            tracing::info!(readings = replayed, "re-aggregated readings stored after the last rollup flush");
+        }
+        flush_rollups(&shared).await?;
+
+        let (requests, rx) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(writer_loop(shared.clone(), rx, live));
+        let (stop_background, stop_rx) = oneshot::channel();
+        let background = tokio::spawn(background_loop(shared.clone(), stop_rx));
+        Ok((
+            Engine { shared: shared.clone(), requests },
+            EngineTasks { writer, background, stop_background, shared },
+        ))
+    }
+
+    pub fn store(&self) -> &DynStore {
+        &self.shared.store
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.shared.config
+    }
+
+    /// Stores the readings and returns how many, once they are durable. Devices must exist.
+    pub async fn write(&self, readings: Vec<Reading>) -> Result<usize, EngineError> {
+        if readings.is_empty() {
+            return Ok(0);
+        }
+        if let Some(r) = readings.iter().find(|r| !self.shared.registry.device_exists(&r.device)) {
+            return Err(EngineError::UnknownDevice(r.device.to_string()));
+        }
+        let arrived = Instant::now();
+        let want = readings.len().min(self.shared.config.max_queued_readings) as u32;
+        let permit = tokio::time::timeout(
+            self.shared.config.queue_timeout,
+            self.shared.queue_space.clone().acquire_many_owned(want),
+        )
+        .await
+        .map_err(|_| EngineError::Overloaded(self.shared.config.queue_timeout))?
+        .map_err(|_| EngineError::ShuttingDown)?;
+        self.shared.metrics.queue_depth.fetch_add(readings.len() as u64, Relaxed);
+        let (done, rx) = oneshot::channel();
+        self.requests
+            .send(WriteRequest { readings, arrived, done, _permit: permit })
+            .map_err(|_| EngineError::ShuttingDown)?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    /// Makes pending rollups durable now.
+    pub async fn flush(&self) -> Result<(), EngineError> {
+        flush_rollups(&self.shared).await
+    }
+
+    /// Rollup rows of a series, stored and pending combined.
+    pub async fn rollups(
+        &self,
+        tier: BucketTier,
+        series: SeriesId,
+        from: TsMs,
+        to: TsMs,
+    ) -> Result<Vec<RollupRow>, EngineError> {
+        let _gate = self.shared.flush_gate.read().await;
+        let mut rows = self.shared.store.read_rollups(tier, series, from, to).await?;
+        self.shared
+            .pending
+            .lock()
+            .expect("pending poisoned")
+            .overlay(tier, series, from, to, &mut rows);
+        Ok(rows)
+    }
+
+    /// The newest point of each series.
+    pub fn latest(&self) -> HashMap<SeriesId, Point> {
+        self.shared.latest.read().expect("latest poisoned").clone()
+    }
+
+    pub fn latest_of(&self, series: SeriesId) -> Option<Point> {
+        self.shared.latest.read().expect("latest poisoned").get(&series).copied()
+    }
+
+    /// Forgets a deleted device's series everywhere in memory.
+    pub fn forget_device(&self, device: &wattline_domain::DeviceId) {
+        let series: Vec<SeriesId> = self
+            .shared
+            .registry
+            .device_series(device)
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect();
+        {
+            let mut latest = self.shared.latest.write().expect("latest poisoned");
+            let mut pending = self.shared.pending.lock().expect("pending poisoned");
+            for s in &series {
+                latest.remove(s);
+                pending.series.remove(s);
+            }
+        }
+        self.shared.registry.remove_device(device);
+    }
+}
+
+impl EngineTasks {
+    /// Stops taking writes once every handle is dropped, finishes queued ones, flushes rollups.
+    pub async fn shutdown(self) {
+        let _ = self.stop_background.send(());
+        let _ = self.background.await;
+        // The writer ends when every Engine handle (and so every request sender) is gone.
+        let _ = self.writer.await;
+        if let Err(e) = flush_rollups(&self.shared).await {
+            tracing::error!(error = %e, "final rollup flush failed; it is redone from raw on next start");
+        }
+    }
+}
+
+/// Rebuilds a series' energy state and re-aggregates what was stored after its watermark.
+async fn replay_series(
+    shared: &Shared,
+    series: SeriesId,
+    watermark: Option<TsMs>,
+) -> Result<(EnergyState, usize), EngineError> {
+    let after = watermark.map_or(TsMs(i64::MIN), |w| TsMs(w.0.saturating_add(1)));
+    let mut state = state_before(shared, series, after).await?;
+    let points = shared.store.read_raw(series, after, TsMs(i64::MAX), usize::MAX).await?;
+    if points.is_empty() {
+        return Ok((state, 0));
+    }
+    let tz = shared.registry.series_zone(series);
+    let mut sp = SeriesPending::default();
+    for p in &points {
+        let d = state.observe(p.ts, &p.values, &shared.config.energy);
+        sp.add(p, &d, &tz);
+    }
+    shared.pending.lock().expect("pending poisoned").series.entry(series).or_default().merge(sp);
+    Ok((state, points.len()))
+}
+
+/// The energy state as it was just before `ts`, from the stored readings before it.
+async fn state_before(shared: &Shared, series: SeriesId, ts: TsMs) -> Result<EnergyState, EngineError> {
+    const LOOKBACK: usize = 20_000;
+    let mut state = EnergyState::default();
+    for p in shared.store.read_raw_before(series, ts, LOOKBACK).await? {
+        state.absorb_older(p.ts, &p.values);
+        if state.is_complete() {
+            break;
+        }
+    }
+    Ok(state)
+}
+
+async fn flush_rollups(shared: &Shared) -> Result<(), EngineError> {
+    let _gate = shared.flush_gate.write().await;
+    let taken = std::mem::take(&mut *shared.pending.lock().expect("pending poisoned"));
+    if taken.is_empty() {
+        return Ok(());
+    }
+    match shared.store.write_rollups(&taken.to_write()).await {
+        Ok(()) => {
+            shared.metrics.rollup_flushes.fetch_add(1, Relaxed);
+            Ok(())
+        }
+        Err(e) => {
+            // Put them back so the next flush tries again; nothing is lost meanwhile.
+            shared.pending.lock().expect("pending poisoned").merge(taken);
+            shared.metrics.storage_errors.fetch_add(1, Relaxed);
+            Err(e.into())
+        }
+    }
+}
+
+async fn background_loop(shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
+    let mut flush_tick = tokio::time::interval(shared.config.rollup_flush_interval);
+    let mut maintain_tick = tokio::time::interval(shared.config.maintenance_interval);
+    flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    maintain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = flush_tick.tick() => {
+                if let Err(e) = flush_rollups(&shared).await {
+                    tracing::error!(error = %e, "rollup flush failed; will retry");
+                }
+            }
+            _ = maintain_tick.tick() => {
+                let now = TsMs::now();
+                match shared.store.maintain(now).await {
+                    Ok(r) if r.chunks_compacted > 0 || r.partitions_created > 0 => {
+                        tracing::debug!(chunks = r.chunks_compacted, partitions = r.partitions_created, "storage maintenance");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "storage maintenance failed"),
+                }
+                match shared.store.apply_retention(&shared.config.retention, now).await {
+                    Ok(n) if n > 0 => tracing::info!(removed = n, "retention removed old data"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "retention failed"),
+                }
+            }
+        }
+    }
+}
+
+async fn writer_loop(
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<WriteRequest>,
+    mut live: HashMap<SeriesId, SeriesLive>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        let mut n = group[0].readings.len();
+        while n < shared.config.max_commit_readings {
+            match rx.try_recv() {
+                Ok(r) => {
+                    n += r.readings.len();
+                    group.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        commit_group(&shared, &mut live, group).await;
+    }
+}
+
+/// One group commit: resolve series, store, update live state, answer every request.
+async fn commit_group(shared: &Shared, live: &mut HashMap<SeriesId, SeriesLive>, group: Vec<WriteRequest>) {
+    let total: usize = group.iter().map(|r| r.readings.len()).sum();
+    let mut accepted = Vec::with_capacity(group.len());
+    let mut by_series: HashMap<SeriesId, Vec<Point>> = HashMap::new();
+    'requests: for req in group {
+        let mut resolved = Vec::with_capacity(req.readings.len());
+        for r in &req.readings {
+            match series_for(shared, r).await {
+                Ok(s) => resolved.push(s),
+                Err(e) => {
+                    let _ = req.done.send(Err(e));
+                    continue 'requests;
+                }
+            }
+        }
+        for (r, s) in req.readings.iter().zip(resolved) {
+            by_series.entry(s).or_default().push(r.point());
+        }
+        accepted.push(req);
+    }
+
+    let result = store_points(shared, live, by_series).await;
+    shared.metrics.queue_depth.fetch_sub(total as u64, Relaxed);
+    shared.metrics.write_batches.fetch_add(1, Relaxed);
+    for req in accepted {
+        let n = req.readings.len();
+        let reply = match &result {
+            Ok(()) => {
+                shared.metrics.readings_accepted.fetch_add(n as u64, Relaxed);
+                shared.metrics.observe_write_latency(req.arrived.elapsed().as_secs_f64());
+                Ok(n)
+            }
+            Err(e) => {
+                shared.metrics.storage_errors.fetch_add(1, Relaxed);
+                Err(EngineError::Storage(StoreError::Invalid(e.to_string())))
+            }
+        };
+        let _ = req.done.send(reply);
+    }
+    if let Err(e) = result {
+        tracing::error!(error = %e, readings = total, "group commit failed");
+    }
+}
+
+async fn series_for(shared: &Shared, r: &Reading) -> Result<SeriesId, EngineError> {
+    if let Some(s) = shared.registry.series(&r.device, &r.channel) {
+        return Ok(s);
+    }
+    if !shared.registry.device_exists(&r.device) {
+        return Err(EngineError::UnknownDevice(r.device.to_string()));
+    }
+    let s = shared.store.series_id(&r.device, r.channel.as_str()).await?;
+    shared.registry.put_series(s, &r.device, r.channel.as_str());
+    Ok(s)
+}
+
+/// Stores one group's points: late ones merged and their rollups recomputed first, then the
+/// new ones appended and folded into pending rollups.
+async fn store_points(
+    shared: &Shared,
+    live: &mut HashMap<SeriesId, SeriesLive>,
+    by_series: HashMap<SeriesId, Vec<Point>>,
+) -> Result<(), EngineError> {
+    let mut fresh = Vec::with_capacity(by_series.len());
+    let mut late: Vec<(SeriesId, Vec<Point>)> = Vec::new();
+    {
+        let latest = shared.latest.read().expect("latest poisoned");
+        for (series, mut points) in by_series {
+            points.sort_by_key(|p| p.ts);
+            let points = dedup_overlay(points);
+            let last = latest.get(&series).map(|p| p.ts);
+            let split = points.partition_point(|p| Some(p.ts) <= last);
+            let newer = points[split..].to_vec();
+            if split > 0 {
+                late.push((series, points[..split].to_vec()));
+            }
+            if !newer.is_empty() {
+                fresh.push(SeriesPoints { series, points: newer });
+            }
+        }
+    }
+
+    if !late.is_empty() {
+        // Recomputing from raw must start from complete stored rollups.
+        flush_rollups(shared).await?;
+        for (series, points) in &late {
+            shared.store.upsert(*series, points).await?;
+            let ts: Vec<TsMs> = points.iter().map(|p| p.ts).collect();
+            recompute(shared, *series, &ts).await?;
+            shared.metrics.readings_late.fetch_add(points.len() as u64, Relaxed);
+        }
+    }
+
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    shared.store.append(&fresh).await?;
+
+    let cfg = shared.config.energy;
+    let mut events = 0;
+    let mut pending_update = Pending::default();
+    for sp in &fresh {
+        let tz = shared.registry.series_zone(sp.series);
+        let state = live.entry(sp.series).or_default();
+        let pending = pending_update.series.entry(sp.series).or_default();
+        for p in &sp.points {
+            let d = state.energy.observe(p.ts, &p.values, &cfg);
+            events += u64::from(d.counter_event.is_some());
+            pending.add(p, &d, &tz);
+        }
+    }
+    shared.metrics.counter_events.fetch_add(events, Relaxed);
+    shared.pending.lock().expect("pending poisoned").merge(pending_update);
+    let mut latest = shared.latest.write().expect("latest poisoned");
+    for sp in fresh {
+        if let Some(last) = sp.points.last() {
+            latest.insert(sp.series, *last);
+        }
+    }
+    Ok(())
+}
+
+/// Collapses readings with the same timestamp into one, later values laid over earlier ones.
+fn dedup_overlay(points: Vec<Point>) -> Vec<Point> {
+    let mut out: Vec<Point> = Vec::with_capacity(points.len());
+    for p in points {
+        match out.last_mut() {
+            Some(last) if last.ts == p.ts => last.values.overlay(&p.values),
+            _ => out.push(p),
+        }
+    }
+    out
+}
+
+/// Recomputes the rollups that late readings at `late` touched, from the stored raw readings:
+/// their minutes, the minute of the reading after them (its energy was measured from a new
+/// predecessor), and every hour and day containing those minutes.
+async fn recompute(shared: &Shared, series: SeriesId, late: &[TsMs]) -> Result<(), EngineError> {
+    let store = &shared.store;
+    let (Some(min), Some(max)) = (late.iter().min(), late.iter().max()) else {
+        return Ok(());
+    };
+    let next = store.read_raw(series, TsMs(max.0 + 1), TsMs(i64::MAX), 1).await?;
+    let region_start = min.minute_start();
+    let region_end = TsMs(next.first().map_or(*max, |p| p.ts).minute_start().0 + TsMs::MINUTE);
+
+    let mut state = state_before(shared, series, region_start).await?;
+    let points = store.read_raw(series, region_start, region_end, usize::MAX).await?;
+    let mut minutes: std::collections::BTreeMap<TsMs, Agg> = Default::default();
+    for p in &points {
+        let d = state.observe(p.ts, &p.values, &shared.config.energy);
+        minutes.entry(p.ts.minute_start()).or_default().add(p.ts, &p.values, &d);
+    }
+    let minute_rows: Vec<(BucketTier, RollupRow)> = minutes
+        .into_iter()
+        .map(|(bucket, agg)| (BucketTier::Minute, RollupRow { series, bucket, agg }))
+        .collect();
+    let touched: BTreeSet<TsMs> = minute_rows.iter().map(|(_, r)| r.bucket).collect();
+    store
+        .write_rollups(&RollupWrite { replace: minute_rows, ..Default::default() })
+        .await?;
+
+    // Coarser tiers are rebuilt from the tier below, bucket by bucket.
+    let tz = shared.registry.series_zone(series);
+    let mut below = (BucketTier::Minute, touched);
+    for tier in [BucketTier::Hour, BucketTier::Day] {
+        let buckets: BTreeSet<(TsMs, TsMs)> = below.1.iter().map(|b| tier.bucket(*b, &tz)).collect();
+        let mut rows = Vec::new();
+        for (start, end) in &buckets {
+            let parts = store.read_rollups(below.0, series, *start, *end).await?;
+            let mut agg = Agg::default();
+            for p in &parts {
+                agg.merge(&p.agg);
+            }
+            rows.push((tier, RollupRow { series, bucket: *start, agg }));
+        }
+        store.write_rollups(&RollupWrite { replace: rows, ..Default::default() }).await?;
+        below = (tier, buckets.into_iter().map(|b| b.0).collect());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wattline_domain::{Quantity, Values};
+
+    fn pt(ts: i64, p: f64) -> Point {
+        Point { ts: TsMs(ts), values: Values::new().with(Quantity::Power, p) }
+    }
+
+    #[test]
+    fn dedup_overlay_keeps_one_point_per_instant() {
+        let mut b = pt(2, 5.0);
+        b.values.set(Quantity::Voltage, 230.0);
+        let out = dedup_overlay(vec![pt(1, 1.0), pt(2, 2.0), b, pt(3, 3.0)]);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[1].values.get(Quantity::Power), Some(5.0));
+        assert_eq!(out[1].values.get(Quantity::Voltage), Some(230.0));
+    }
+}

@@ -8,6 +8,8 @@ pub enum StoreError {
     Invalid(String),
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("sqlite value: {0}")]
+    SqliteValue(#[from] rusqlite::types::FromSqlError),
     #[cfg(feature = "postgres")]
     #[error("postgres: {0}")]
     Postgres(#[from] tokio_postgres::Error),

@@ -1,0 +1,1200 @@
+//! The embedded backend: one SQLite file, zero configuration.
+//!
+//! Raw readings are stored as compressed column chunks ([`crate::codec`]), each holding the
+//! points of one series within one UTC hour; that is what makes a reading cost a few bytes
+//! instead of the ~70 of a row per reading. Appends write a small chunk per series and batch;
+//! [`Store::maintain`] later merges the chunks of an hour into one. Rollups are plain tables
+//! (see [`crate::schema`]) so that `pandas.read_sql` and the `sqlite3` shell can read them.
+//!
+//! One thread owns the only writing connection: SQLite allows one writer at a time anyway, and
+//! a dedicated thread keeps blocking disk I/O off the async runtime. Readers use a small pool
+//! of read connections; WAL mode lets them run while the writer commits. Every commit is
+//! `synchronous=FULL`, so a write is on disk when its call returns.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+use wattline_domain::{
+    Agg, BucketTier, Device, DeviceId, Point, QStat, Quantity, SeriesId, Site, SiteId, TsMs,
+};
+
+use crate::codec::{decode_points, encode_points};
+use crate::schema::{rollup_table, stat_columns};
+use crate::{
+    IngestToken, MaintenanceReport, Result, Retention, RollupRow, RollupWrite, SeriesInfo,
+    SeriesPoints, Store, StoreError,
+};
+
+/// Chunks never span more than one UTC hour, so a range read can find every chunk that may
+/// hold a timestamp through the `(series_id, start_ts)` index alone.
+const CHUNK_SPAN_MS: i64 = TsMs::HOUR;
+/// An hour with this many chunks is merged even while it is still receiving readings, so the
+/// current hour of a 1 Hz meter stays cheap to read.
+const COMPACT_OPEN_HOUR_AT: u32 = 32;
+/// A closed hour is merged once no reading for it has arrived for this long.
+const CLOSED_HOUR_GRACE_MS: i64 = 2 * TsMs::MINUTE;
+const READ_POOL_MAX: usize = 4;
+
+fn chunk_hour(ts: TsMs) -> i64 {
+    ts.0
+        .div_euclid(CHUNK_SPAN_MS)
+        .saturating_mul(CHUNK_SPAN_MS)
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    r#"
+    CREATE TABLE sites (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        timezone TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE devices (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        site_id TEXT NOT NULL REFERENCES sites(id),
+        kind TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX devices_site ON devices(site_id);
+    CREATE TABLE ingest_tokens (
+        id TEXT PRIMARY KEY,
+        site_id TEXT NOT NULL REFERENCES sites(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE series (
+        id INTEGER PRIMARY KEY,
+        device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        channel TEXT NOT NULL,
+        rollup_watermark INTEGER,
+        UNIQUE (device_id, channel)
+    );
+    CREATE TABLE chunks (
+        id INTEGER PRIMARY KEY,
+        series_id INTEGER NOT NULL,
+        start_ts INTEGER NOT NULL,
+        end_ts INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        data BLOB NOT NULL
+    );
+    CREATE UNIQUE INDEX chunks_series_start ON chunks(series_id, start_ts);
+    "#,
+];
+
+/// The rollup tables are generated from the shared column list rather than written out.
+fn rollup_ddl() -> String {
+    let stats: String = Quantity::ALL
+        .iter()
+        .map(|q| {
+            let f = q.field();
+            format!(
+                ", {f}_n INTEGER, {f}_avg REAL, {f}_min REAL, {f}_max REAL, {f}_last REAL"
+            )
+        })
+        .collect();
+    BucketTier::ROLLUPS
+        .iter()
+        .map(|t| {
+            format!(
+                "CREATE TABLE {} (series_id INTEGER NOT NULL, bucket INTEGER NOT NULL, \
+                 last_ts INTEGER NOT NULL, energy_import_kwh REAL NOT NULL, \
+                 energy_export_kwh REAL NOT NULL{stats}, PRIMARY KEY (series_id, bucket)) \
+                 WITHOUT ROWID;\n",
+                rollup_table(*t)
+            )
+        })
+        .collect()
+}
+
+fn open_connection(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; \
+         PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;",
+    )?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    // auto_vacuum must be chosen before the first table exists; incremental lets retention and
+    // compaction hand freed pages back to the file system without a full VACUUM.
+    conn.execute_batch("PRAGMA auto_vacuum=INCREMENTAL;")?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, \
+         applied_at INTEGER NOT NULL);",
+    )?;
+    let applied: u32 = conn.query_row(
+        "SELECT coalesce(max(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )?;
+    let mut steps: Vec<String> = MIGRATIONS.iter().map(|s| s.to_string()).collect();
+    steps[0].push_str(&rollup_ddl());
+    for (i, sql) in steps.iter().enumerate() {
+        let version = i as u32 + 1;
+        if version <= applied {
+            continue;
+        }
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql).map_err(|e| StoreError::Migration {
+            version,
+            reason: e.to_string(),
+        })?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+            params![version, TsMs::now().0],
+        )?;
+        tx.commit()?;
+        tracing::info!(version, "applied sqlite schema migration");
+    }
+    Ok(())
+}
+
+/// State owned by the writer thread.
+struct Writer {
+    conn: Connection,
+    /// Hours (per series) that hold more than one chunk, with their chunk counts and when
+    /// they last received data: the compaction work list.
+    fragmented: HashMap<(i64, i64), Fragment>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Fragment {
+    chunks: u32,
+    last_write: TsMs,
+}
+
+type Job = Box<dyn FnOnce(&mut Writer) + Send>;
+
+pub struct SqliteStore {
+    path: PathBuf,
+    jobs: mpsc::Sender<Job>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)?;
+            }
+        }
+        let mut conn = open_connection(&path)?;
+        migrate(&mut conn)?;
+        let fragmented = find_fragmented(&conn)?;
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let mut writer = Writer { conn, fragmented };
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job(&mut writer);
+                }
+                let _ = writer.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+            })?;
+        Ok(SqliteStore {
+            path,
+            jobs,
+            readers: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn write<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Writer) -> Result<R> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move |w: &mut Writer| {
+                let _ = tx.send(f(w));
+            }))
+            .map_err(|_| StoreError::WorkerGone)?;
+        rx.await.map_err(|_| StoreError::WorkerGone)?
+    }
+
+    async fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers.lock().expect("reader pool poisoned").pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => open_connection(&path)?,
+            };
+            let out = f(&conn);
+            let mut pool = readers.lock().expect("reader pool poisoned");
+            if pool.len() < READ_POOL_MAX {
+                pool.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|_| StoreError::WorkerGone)?
+    }
+}
+
+/// Hours of the last two days with several chunks, found again after a restart.
+fn find_fragmented(conn: &Connection) -> Result<HashMap<(i64, i64), Fragment>> {
+    let since = chunk_hour(TsMs::now()) - 48 * TsMs::HOUR;
+    let mut stmt = conn.prepare(
+        "SELECT series_id, (start_ts / ?2) * ?2 AS h, count(*) FROM chunks \
+         WHERE start_ts >= ?1 GROUP BY series_id, h HAVING count(*) > 1",
+    )?;
+    let rows = stmt.query_map(params![since, CHUNK_SPAN_MS], |r| {
+        Ok(((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?), r.get::<_, u32>(2)?))
+    })?;
+    let mut out = HashMap::new();
+    for row in rows {
+        let (key, chunks) = row?;
+        out.insert(
+            key,
+            Fragment {
+                chunks,
+                last_write: TsMs(i64::MIN),
+            },
+        );
+    }
+    Ok(out)
+}
+
+fn corrupt(series: i64, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        series,
+        reason: e.to_string(),
+    }
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
+}
+
+fn site_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Site> {
+    let id: String = r.get(0)?;
+    Ok(Site {
+        id: SiteId::parse(id).map_err(|e| bad_column(0, e))?,
+        name: r.get(1)?,
+        timezone: r.get(2)?,
+        created_at: TsMs(r.get(3)?),
+    })
+}
+
+fn device_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
+    let id: String = r.get(0)?;
+    let site: String = r.get(2)?;
+    let labels: String = r.get(4)?;
+    Ok(Device {
+        id: DeviceId::parse(id).map_err(|e| bad_column(0, e))?,
+        name: r.get(1)?,
+        site: SiteId::parse(site).map_err(|e| bad_column(2, e))?,
+        kind: r.get(3)?,
+        labels: serde_json::from_str(&labels).map_err(|e| bad_column(4, e))?,
+        created_at: TsMs(r.get(5)?),
+    })
+}
+
+fn bad_column(i: usize, e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+}
+
+const DEVICE_COLUMNS: &str = "id, name, site_id, kind, labels, created_at";
+
+/// Writes points as chunks, one per UTC hour they touch.
+fn insert_chunks(w: &mut Writer, series: i64, points: &[Point], now: TsMs) -> Result<()> {
+    let mut start = 0;
+    while start < points.len() {
+        let hour = chunk_hour(points[start].ts);
+        let end = points[start..]
+            .iter()
+            .position(|p| chunk_hour(p.ts) != hour)
+            .map_or(points.len(), |i| start + i);
+        let part = &points[start..end];
+        let data = encode_points(part);
+        w.conn
+            .prepare_cached(
+                "INSERT INTO chunks (series_id, start_ts, end_ts, n, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                series,
+                part[0].ts.0,
+                part[part.len() - 1].ts.0,
+                part.len() as i64,
+                data
+            ])?;
+        let frag = w.fragmented.entry((series, hour)).or_insert(Fragment {
+            chunks: 0,
+            last_write: now,
+        });
+        frag.chunks += 1;
+        frag.last_write = now;
+        start = end;
+    }
+    Ok(())
+}
+
+/// Loads every chunk of one series' hour: their row ids and their points, merged in order.
+fn load_hour(conn: &Connection, series: i64, hour: i64) -> Result<(Vec<i64>, Vec<Point>)> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, data FROM chunks WHERE series_id = ?1 AND start_ts >= ?2 AND start_ts < ?3 \
+         ORDER BY start_ts",
+    )?;
+    let mut ids = Vec::new();
+    let mut points: Vec<Point> = Vec::new();
+    let mut rows = stmt.query(params![series, hour, hour + CHUNK_SPAN_MS])?;
+    let mut sorted = true;
+    while let Some(r) = rows.next()? {
+        ids.push(r.get::<_, i64>(0)?);
+        let blob = r.get_ref(1)?.as_blob()?;
+        let decoded = decode_points(blob).map_err(|e| corrupt(series, e))?;
+        if let (Some(last), Some(first)) = (points.last(), decoded.first()) {
+            sorted &= last.ts < first.ts;
+        }
+        points.extend(decoded);
+    }
+    if !sorted {
+        points = merge_points(Vec::new(), points);
+    }
+    Ok((ids, points))
+}
+
+/// Merges `new` into `base` by timestamp; at equal timestamps the newer values are laid over.
+fn merge_points(base: Vec<Point>, new: Vec<Point>) -> Vec<Point> {
+    let mut by_ts: BTreeMap<i64, Point> = base.into_iter().map(|p| (p.ts.0, p)).collect();
+    for p in new {
+        by_ts
+            .entry(p.ts.0)
+            .and_modify(|old| old.values.overlay(&p.values))
+            .or_insert(p);
+    }
+    by_ts.into_values().collect()
+}
+
+/// Replaces the chunks of one series' hour by a single chunk of `points`.
+fn rewrite_hour(w: &mut Writer, series: i64, ids: &[i64], points: &[Point]) -> Result<()> {
+    {
+        let mut del = w.conn.prepare_cached("DELETE FROM chunks WHERE id = ?1")?;
+        for id in ids {
+            del.execute([id])?;
+        }
+    }
+    if !points.is_empty() {
+        w.conn
+            .prepare_cached(
+                "INSERT INTO chunks (series_id, start_ts, end_ts, n, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                series,
+                points[0].ts.0,
+                points[points.len() - 1].ts.0,
+                points.len() as i64,
+                encode_points(points)
+            ])?;
+    }
+    Ok(())
+}
+
+fn rollup_columns() -> Vec<String> {
+    let mut cols = vec![
+        "series_id".to_string(),
+        "bucket".into(),
+        "last_ts".into(),
+        "energy_import_kwh".into(),
+        "energy_export_kwh".into(),
+    ];
+    cols.extend(stat_columns());
+    cols
+}
+
+fn rollup_values(row: &RollupRow) -> Vec<SqlValue> {
+    let a = &row.agg;
+    let mut v = vec![
+        SqlValue::Integer(row.series.0),
+        SqlValue::Integer(row.bucket.0),
+        SqlValue::Integer(a.last_ts.0),
+        SqlValue::Real(a.energy_import_kwh),
+        SqlValue::Real(a.energy_export_kwh),
+    ];
+    for s in &a.stats {
+        if s.n == 0 {
+            v.extend(std::iter::repeat_n(SqlValue::Null, 5));
+        } else {
+            v.push(SqlValue::Integer(i64::from(s.n)));
+            v.push(SqlValue::Real(s.sum / f64::from(s.n)));
+            v.push(SqlValue::Real(s.min));
+            v.push(SqlValue::Real(s.max));
+            v.push(SqlValue::Real(s.last));
+        }
+    }
+    v
+}
+
+/// Reads a rollup row whose columns are in [`rollup_columns`] order.
+fn rollup_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RollupRow> {
+    let mut agg = Agg {
+        last_ts: TsMs(r.get(2)?),
+        energy_import_kwh: r.get(3)?,
+        energy_export_kwh: r.get(4)?,
+        ..Agg::default()
+    };
+    for (i, s) in agg.stats.iter_mut().enumerate() {
+        let base = 5 + i * 5;
+        let n: Option<i64> = r.get(base)?;
+        if let Some(n) = n.filter(|n| *n > 0) {
+            let avg: f64 = r.get(base + 1)?;
+            *s = QStat {
+                n: n as u32,
+                sum: avg * n as f64,
+                min: r.get(base + 2)?,
+                max: r.get(base + 3)?,
+                last: r.get(base + 4)?,
+            };
+        }
+    }
+    Ok(RollupRow {
+        series: SeriesId(r.get(0)?),
+        bucket: TsMs(r.get(1)?),
+        agg,
+    })
+}
+
+fn write_rollup_rows(
+    conn: &Connection,
+    tier: BucketTier,
+    rows: &[&RollupRow],
+    merge: bool,
+) -> Result<()> {
+    let table = rollup_table(tier);
+    let cols = rollup_columns();
+    let insert = format!(
+        "INSERT OR REPLACE INTO {table} ({}) VALUES ({})",
+        cols.join(", "),
+        (1..=cols.len())
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let select = format!(
+        "SELECT {} FROM {table} WHERE series_id = ?1 AND bucket = ?2",
+        cols.join(", ")
+    );
+    let mut ins = conn.prepare_cached(&insert)?;
+    let mut sel = conn.prepare_cached(&select)?;
+    for row in rows {
+        let merged;
+        let row = if merge {
+            match sel
+                .query_row(params![row.series.0, row.bucket.0], rollup_from_row)
+                .optional()?
+            {
+                Some(mut stored) => {
+                    stored.agg.merge(&row.agg);
+                    merged = stored;
+                    &merged
+                }
+                None => *row,
+            }
+        } else {
+            *row
+        };
+        ins.execute(params_from_iter(rollup_values(row)))?;
+    }
+    Ok(())
+}
+
+fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn create_site(&self, site: &Site) -> Result<()> {
+        let site = site.clone();
+        self.write(move |w| {
+            w.conn
+                .execute(
+                    "INSERT INTO sites (id, name, timezone, created_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![site.id.as_str(), site.name, site.timezone, site.created_at.0],
+                )
+                .map_err(|e| {
+                    if is_unique_violation(&e) {
+                        StoreError::Conflict(format!("site {}", site.id))
+                    } else {
+                        e.into()
+                    }
+                })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_site(&self, id: &SiteId) -> Result<Option<Site>> {
+        let id = id.clone();
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT id, name, timezone, created_at FROM sites WHERE id = ?1",
+                [id.as_str()],
+                site_from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn list_sites(&self) -> Result<Vec<Site>> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare("SELECT id, name, timezone, created_at FROM sites ORDER BY id")?;
+            let rows = stmt.query_map([], site_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn update_site(&self, site: &Site) -> Result<bool> {
+        let site = site.clone();
+        self.write(move |w| {
+            Ok(w.conn.execute(
+                "UPDATE sites SET name = ?2, timezone = ?3 WHERE id = ?1",
+                params![site.id.as_str(), site.name, site.timezone],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn delete_site(&self, id: &SiteId) -> Result<bool> {
+        let id = id.clone();
+        self.write(move |w| {
+            let devices: i64 = w.conn.query_row(
+                "SELECT count(*) FROM devices WHERE site_id = ?1",
+                [id.as_str()],
+                |r| r.get(0),
+            )?;
+            if devices > 0 {
+                return Err(StoreError::Conflict(format!(
+                    "a device of site {id} (delete its devices first)"
+                )));
+            }
+            Ok(w.conn.execute("DELETE FROM sites WHERE id = ?1", [id.as_str()])? > 0)
+        })
+        .await
+    }
+
+    async fn create_device(&self, device: &Device, token_hash: &str) -> Result<()> {
+        let device = device.clone();
+        let token_hash = token_hash.to_owned();
+        self.write(move |w| {
+            let labels = serde_json::to_string(&device.labels)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            w.conn
+                .execute(
+                    "INSERT INTO devices (id, name, site_id, kind, labels, token_hash, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        device.id.as_str(),
+                        device.name,
+                        device.site.as_str(),
+                        device.kind,
+                        labels,
+                        token_hash,
+                        device.created_at.0
+                    ],
+                )
+                .map_err(|e| {
+                    if is_unique_violation(&e) {
+                        StoreError::Conflict(format!("device {}", device.id))
+                    } else {
+                        e.into()
+                    }
+                })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_device(&self, id: &DeviceId) -> Result<Option<Device>> {
+        let id = id.clone();
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?1"),
+                [id.as_str()],
+                device_from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn list_devices(&self) -> Result<Vec<Device>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(&format!("SELECT {DEVICE_COLUMNS} FROM devices ORDER BY id"))?;
+            let rows = stmt.query_map([], device_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn update_device(&self, device: &Device) -> Result<bool> {
+        let device = device.clone();
+        self.write(move |w| {
+            let labels = serde_json::to_string(&device.labels)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            Ok(w.conn.execute(
+                "UPDATE devices SET name = ?2, site_id = ?3, kind = ?4, labels = ?5 WHERE id = ?1",
+                params![
+                    device.id.as_str(),
+                    device.name,
+                    device.site.as_str(),
+                    device.kind,
+                    labels
+                ],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn set_device_token(&self, id: &DeviceId, token_hash: &str) -> Result<bool> {
+        let (id, hash) = (id.clone(), token_hash.to_owned());
+        self.write(move |w| {
+            let updated = w
+                .conn
+                .execute(
+                    "UPDATE devices SET token_hash = ?2 WHERE id = ?1",
+                    params![id.as_str(), hash],
+                )
+                .map_err(|e| {
+                    if is_unique_violation(&e) {
+                        StoreError::Conflict("a device with this token".to_owned())
+                    } else {
+                        e.into()
+                    }
+                })?;
+            Ok(updated > 0)
+        })
+        .await
+    }
+
+    async fn delete_device(&self, id: &DeviceId) -> Result<bool> {
+        let id = id.clone();
+        self.write(move |w| {
+            let tx = w.conn.transaction()?;
+            let series: Vec<i64> = {
+                let mut stmt = tx.prepare("SELECT id FROM series WHERE device_id = ?1")?;
+                let rows = stmt.query_map([id.as_str()], |r| r.get(0))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            for s in &series {
+                tx.execute("DELETE FROM chunks WHERE series_id = ?1", [s])?;
+                for tier in BucketTier::ROLLUPS {
+                    tx.execute(
+                        &format!("DELETE FROM {} WHERE series_id = ?1", rollup_table(tier)),
+                        [s],
+                    )?;
+                }
+            }
+            tx.execute("DELETE FROM series WHERE device_id = ?1", [id.as_str()])?;
+            let deleted = tx.execute("DELETE FROM devices WHERE id = ?1", [id.as_str()])? > 0;
+            tx.commit()?;
+            w.fragmented.retain(|(s, _), _| !series.contains(s));
+            Ok(deleted)
+        })
+        .await
+    }
+
+    async fn device_by_token(&self, token_hash: &str) -> Result<Option<DeviceId>> {
+        let hash = token_hash.to_owned();
+        self.read(move |c| {
+            let id: Option<String> = c
+                .query_row(
+                    "SELECT id FROM devices WHERE token_hash = ?1",
+                    [hash],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            id.map(|s| DeviceId::parse(s).map_err(|e| StoreError::Invalid(e.to_string())))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn create_ingest_token(&self, token: &IngestToken, token_hash: &str) -> Result<()> {
+        let (t, hash) = (token.clone(), token_hash.to_owned());
+        self.write(move |w| {
+            w.conn
+                .execute(
+                    "INSERT INTO ingest_tokens (id, site_id, name, token_hash, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![t.id, t.site.as_str(), t.name, hash, t.created_at.0],
+                )
+                .map_err(|e| {
+                    if is_unique_violation(&e) {
+                        StoreError::Conflict(format!("ingest token {}", t.id))
+                    } else {
+                        e.into()
+                    }
+                })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_ingest_tokens(&self, site: &SiteId) -> Result<Vec<IngestToken>> {
+        let site = site.clone();
+        self.read(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT id, site_id, name, created_at FROM ingest_tokens WHERE site_id = ?1 \
+                 ORDER BY created_at, id",
+            )?;
+            let rows = stmt.query_map([site.as_str()], |r| {
+                let site: String = r.get(1)?;
+                Ok(IngestToken {
+                    id: r.get(0)?,
+                    site: SiteId::parse(site).map_err(|e| bad_column(1, e))?,
+                    name: r.get(2)?,
+                    created_at: TsMs(r.get(3)?),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn delete_ingest_token(&self, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |w| Ok(w.conn.execute("DELETE FROM ingest_tokens WHERE id = ?1", [id])? > 0))
+            .await
+    }
+
+    async fn ingest_token_site(&self, token_hash: &str) -> Result<Option<SiteId>> {
+        let hash = token_hash.to_owned();
+        self.read(move |c| {
+            let id: Option<String> = c
+                .query_row(
+                    "SELECT site_id FROM ingest_tokens WHERE token_hash = ?1",
+                    [hash],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            id.map(|s| SiteId::parse(s).map_err(|e| StoreError::Invalid(e.to_string())))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn series_id(&self, device: &DeviceId, channel: &str) -> Result<SeriesId> {
+        let (device, channel) = (device.clone(), channel.to_owned());
+        self.write(move |w| {
+            w.conn
+                .prepare_cached(
+                    "INSERT INTO series (device_id, channel) VALUES (?1, ?2) \
+                     ON CONFLICT (device_id, channel) DO NOTHING",
+                )?
+                .execute(params![device.as_str(), channel])?;
+            let id = w
+                .conn
+                .prepare_cached("SELECT id FROM series WHERE device_id = ?1 AND channel = ?2")?
+                .query_row(params![device.as_str(), channel], |r| r.get(0))?;
+            Ok(SeriesId(id))
+        })
+        .await
+    }
+
+    async fn list_series(&self) -> Result<Vec<SeriesInfo>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, device_id, channel, rollup_watermark FROM series ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                let device: String = r.get(1)?;
+                Ok(SeriesInfo {
+                    id: SeriesId(r.get(0)?),
+                    device: DeviceId::parse(device).map_err(|e| bad_column(1, e))?,
+                    channel: r.get(2)?,
+                    rollup_watermark: r.get::<_, Option<i64>>(3)?.map(TsMs),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn append(&self, batch: &[SeriesPoints]) -> Result<()> {
+        let batch = batch.to_vec();
+        self.write(move |w| {
+            let now = TsMs::now();
+            w.conn.execute_batch("BEGIN IMMEDIATE")?;
+            let result = (|| {
+                for sp in &batch {
+                    if !sp.points.is_empty() {
+                        insert_chunks(w, sp.series.0, &sp.points, now)?;
+                    }
+                }
+                Ok(())
+            })();
+            match result {
+                Ok(()) => {
+                    w.conn.execute_batch("COMMIT")?;
+                    Ok(())
+                }
+                Err(e) => {
+                    let _ = w.conn.execute_batch("ROLLBACK");
+                    Err(e)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn upsert(&self, series: SeriesId, points: &[Point]) -> Result<Vec<Point>> {
+        let points = points.to_vec();
+        self.write(move |w| {
+            let mut by_hour: BTreeMap<i64, Vec<Point>> = BTreeMap::new();
+            for p in points {
+                by_hour.entry(chunk_hour(p.ts)).or_default().push(p);
+            }
+            w.conn.execute_batch("BEGIN IMMEDIATE")?;
+            let result = (|| {
+                let mut out = Vec::new();
+                for (hour, new) in by_hour {
+                    let wanted: Vec<i64> = new.iter().map(|p| p.ts.0).collect();
+                    let (ids, stored) = load_hour(&w.conn, series.0, hour)?;
+                    let merged = merge_points(stored, new);
+                    rewrite_hour(w, series.0, &ids, &merged)?;
+                    w.fragmented.remove(&(series.0, hour));
+                    out.extend(merged.into_iter().filter(|p| wanted.contains(&p.ts.0)));
+                }
+                Ok(out)
+            })();
+            match result {
+                Ok(out) => {
+                    w.conn.execute_batch("COMMIT")?;
+                    Ok(out)
+                }
+                Err(e) => {
+                    let _ = w.conn.execute_batch("ROLLBACK");
+                    Err(e)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn read_raw(
+        &self,
+        series: SeriesId,
+        from: TsMs,
+        to: TsMs,
+        limit: usize,
+    ) -> Result<Vec<Point>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT data FROM chunks WHERE series_id = ?1 AND start_ts >= ?2 AND start_ts < ?3 \
+                 ORDER BY start_ts",
+            )?;
+            let mut rows = stmt.query(params![series.0, chunk_hour(from), to.0])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let pts = decode_points(r.get_ref(0)?.as_blob()?).map_err(|e| corrupt(series.0, e))?;
+                for p in pts {
+                    if p.ts >= from && p.ts < to {
+                        out.push(p);
+                        if out.len() >= limit {
+                            return Ok(out);
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn read_raw_before(
+        &self,
+        series: SeriesId,
+        before: TsMs,
+        limit: usize,
+    ) -> Result<Vec<Point>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT data FROM chunks WHERE series_id = ?1 AND start_ts < ?2 \
+                 ORDER BY start_ts DESC",
+            )?;
+            let mut rows = stmt.query(params![series.0, before.0])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let pts = decode_points(r.get_ref(0)?.as_blob()?).map_err(|e| corrupt(series.0, e))?;
+                for p in pts.into_iter().rev() {
+                    if p.ts < before {
+                        out.push(p);
+                        if out.len() >= limit {
+                            return Ok(out);
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn latest(&self) -> Result<Vec<(SeriesId, Point)>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT s.id, (SELECT data FROM chunks WHERE series_id = s.id \
+                 ORDER BY start_ts DESC LIMIT 1) FROM series s",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let id: i64 = r.get(0)?;
+                let Some(blob) = r.get_ref(1)?.as_blob_or_null()? else {
+                    continue;
+                };
+                let pts = decode_points(blob).map_err(|e| corrupt(id, e))?;
+                if let Some(p) = pts.last() {
+                    out.push((SeriesId(id), *p));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn write_rollups(&self, write: &RollupWrite) -> Result<()> {
+        let write = write.clone();
+        self.write(move |w| {
+            let tx = w.conn.transaction()?;
+            for tier in BucketTier::ROLLUPS {
+                let merge: Vec<&RollupRow> =
+                    write.merge.iter().filter(|(t, _)| *t == tier).map(|(_, r)| r).collect();
+                write_rollup_rows(&tx, tier, &merge, true)?;
+                let replace: Vec<&RollupRow> =
+                    write.replace.iter().filter(|(t, _)| *t == tier).map(|(_, r)| r).collect();
+                write_rollup_rows(&tx, tier, &replace, false)?;
+            }
+            {
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE series SET rollup_watermark = max(coalesce(rollup_watermark, ?2), ?2) \
+                     WHERE id = ?1",
+                )?;
+                for (s, ts) in &write.watermarks {
+                    stmt.execute(params![s.0, ts.0])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn read_rollups(
+        &self,
+        tier: BucketTier,
+        series: SeriesId,
+        from: TsMs,
+        to: TsMs,
+    ) -> Result<Vec<RollupRow>> {
+        if tier == BucketTier::Raw {
+            return Err(StoreError::Invalid("raw is not a rollup tier".into()));
+        }
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {} FROM {} WHERE series_id = ?1 AND bucket >= ?2 AND bucket < ?3 \
+                 ORDER BY bucket",
+                rollup_columns().join(", "),
+                rollup_table(tier)
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![series.0, from.0, to.0], rollup_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn maintain(&self, now: TsMs) -> Result<MaintenanceReport> {
+        self.write(move |w| {
+            let due: Vec<(i64, i64)> = w
+                .fragmented
+                .iter()
+                .filter(|((_, hour), f)| {
+                    let closed = hour + CHUNK_SPAN_MS + CLOSED_HOUR_GRACE_MS <= now.0
+                        && f.last_write.0 + CLOSED_HOUR_GRACE_MS <= now.0;
+                    f.chunks > 1 && (closed || f.chunks >= COMPACT_OPEN_HOUR_AT)
+                })
+                .map(|(k, _)| *k)
+                .collect();
+            let mut report = MaintenanceReport::default();
+            for batch in due.chunks(256) {
+                let tx_result = (|| {
+                    w.conn.execute_batch("BEGIN IMMEDIATE")?;
+                    for &(series, hour) in batch {
+                        let (ids, points) = load_hour(&w.conn, series, hour)?;
+                        if ids.len() > 1 {
+                            rewrite_hour(w, series, &ids, &points)?;
+                            report.chunks_compacted += ids.len() as u64;
+                        }
+                    }
+                    w.conn.execute_batch("COMMIT")?;
+                    Ok::<_, StoreError>(())
+                })();
+                if let Err(e) = tx_result {
+                    let _ = w.conn.execute_batch("ROLLBACK");
+                    return Err(e);
+                }
+                for key in batch {
+                    let closed = key.1 + CHUNK_SPAN_MS + CLOSED_HOUR_GRACE_MS <= now.0;
+                    if closed {
+                        w.fragmented.remove(key);
+                    } else if let Some(f) = w.fragmented.get_mut(key) {
+                        f.chunks = 1;
+                    }
+                }
+            }
+            w.fragmented.retain(|_, f| f.chunks > 1 || f.last_write.0 + TsMs::DAY > now.0);
+            if report.chunks_compacted > 0 {
+                w.conn.execute_batch("PRAGMA incremental_vacuum;")?;
+            }
+            Ok(report)
+        })
+        .await
+    }
+
+    async fn apply_retention(&self, policy: &Retention, now: TsMs) -> Result<u64> {
+        let policy = policy.clone();
+        self.write(move |w| {
+            let cutoff = |days: u32| now.0 - i64::from(days) * TsMs::DAY;
+            let tx = w.conn.transaction()?;
+            let mut removed = 0u64;
+            if let Some(days) = policy.raw_days {
+                removed += tx.execute("DELETE FROM chunks WHERE end_ts < ?1", [cutoff(days)])? as u64;
+            }
+            for tier in BucketTier::ROLLUPS {
+                if let Some(days) = policy.keep_days(tier) {
+                    removed += tx.execute(
+                        &format!("DELETE FROM {} WHERE bucket < ?1", rollup_table(tier)),
+                        [cutoff(days)],
+                    )? as u64;
+                }
+            }
+            tx.commit()?;
+            if removed > 0 {
+                w.conn.execute_batch("PRAGMA incremental_vacuum;")?;
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn disk_bytes(&self) -> Result<u64> {
+        let base = self.path.clone();
+        let mut total = file_size(&base);
+        for suffix in ["-wal", "-shm"] {
+            let mut p = base.clone().into_os_string();
+            p.push(suffix);
+            total += file_size(Path::new(&p));
+        }
+        Ok(total)
+    }
+}
+
+/// A store in a fresh temporary directory, for the shared backend suite.
+#[cfg(test)]
+pub(crate) async fn test_store() -> Option<Arc<dyn Store>> {
+    let dir = tempfile::tempdir().expect("temp dir").keep();
+    Some(Arc::new(SqliteStore::open(dir.join("wattline.db")).expect("open sqlite store")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wattline_domain::Values;
+
+    fn p(ts: i64, power: f64) -> Point {
+        Point {
+            ts: TsMs(ts),
+            values: Values::new().with(Quantity::Power, power),
+        }
+    }
+
+    #[test]
+    fn merge_points_overlays_duplicates_and_sorts() {
+        let merged = merge_points(vec![p(2, 1.0), p(5, 2.0)], vec![p(3, 9.0), p(5, 7.0)]);
+        let ts: Vec<i64> = merged.iter().map(|p| p.ts.0).collect();
+        assert_eq!(ts, vec![2, 3, 5]);
+        assert_eq!(merged[2].values.get(Quantity::Power), Some(7.0));
+    }
+
+    #[tokio::test]
+    async fn appends_split_at_hours_and_compaction_merges_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("w.db")).unwrap();
+        let site = Site {
+            id: SiteId::parse("s").unwrap(),
+            name: "s".into(),
+            timezone: "UTC".into(),
+            created_at: TsMs(0),
+        };
+        store.create_site(&site).await.unwrap();
+        let dev = Device {
+            id: DeviceId::parse("d").unwrap(),
+            name: "d".into(),
+            site: site.id.clone(),
+            kind: "meter".into(),
+            labels: Default::default(),
+            created_at: TsMs(0),
+        };
+        store.create_device(&dev, "h").await.unwrap();
+        let s = store.series_id(&dev.id, "main").await.unwrap();
+        let base = 1_767_632_400_000; // an hour boundary
+        for batch in 0..10 {
+            let pts: Vec<Point> = (0..720).map(|i| p(base + (batch * 720 + i) * 1000, i as f64)).collect();
+            store.append(&[SeriesPoints { series: s, points: pts }]).await.unwrap();
+        }
+        let chunks = |store: &SqliteStore| {
+            let c = open_connection(store.path()).unwrap();
+            c.query_row("SELECT count(*) FROM chunks", [], |r| r.get::<_, i64>(0)).unwrap()
+        };
+        // 7200 s from an hour boundary: batches 0-4 in hour 1, 5-9 in hour 2.
+        assert_eq!(chunks(&store), 10);
+        // Maintenance runs after the writes (stamped with the real clock) have gone quiet.
+        let later = TsMs(TsMs::now().0 + TsMs::HOUR);
+        let report = store.maintain(later).await.unwrap();
+        assert_eq!(report.chunks_compacted, 10);
+        assert_eq!(chunks(&store), 2);
+        let all = store.read_raw(s, TsMs(base), TsMs(base + 2 * TsMs::HOUR), usize::MAX).await.unwrap();
+        assert_eq!(all.len(), 7200);
+        assert!(all.windows(2).all(|w| w[0].ts < w[1].ts));
+    }
+}

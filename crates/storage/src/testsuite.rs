@@ -1,0 +1,1039 @@
+//! The one behavioural suite every [`Store`] backend passes.
+//!
+//! Each check is a `pub async fn(&dyn Store)`; [`store_suite!`] turns the whole list into one
+//! `#[tokio::test]` per check for a backend:
+//!
+//! ```ignore
+//! mod pg { store_suite!(pg, crate::postgres::test_store().await); }
+//! ```
+//!
+//! The constructor expression yields `Option<Arc<dyn Store>>`: `None` skips the test (a
+//! backend whose server isn't there; the constructor itself panics instead when `CI` is set).
+//! Every test gets a fresh, empty store.
+
+use std::collections::BTreeMap;
+
+use wattline_domain::energy::EnergyDelta;
+use wattline_domain::{
+    Agg, BucketTier, Device, DeviceId, Point, QStat, Quantity, SeriesId, Site, SiteId, TsMs,
+    Values,
+};
+
+use crate::{IngestToken, Retention, RollupRow, RollupWrite, SeriesPoints, Store, StoreError};
+
+/// Expands to one `#[tokio::test]` per suite check, each on a fresh store from `$ctor`
+/// (an expression of type `Option<Arc<dyn Store>>`, evaluated inside the async test).
+macro_rules! store_suite {
+    ($backend:ident, $ctor:expr) => {
+        store_suite!(@tests $backend, $ctor;
+            sites_crud,
+            devices_crud_and_tokens,
+            delete_site_with_devices_conflicts,
+            delete_device_cascades,
+            ingest_tokens,
+            series_ids_are_stable_and_distinct,
+            append_and_read_raw_bounds,
+            read_raw_before_newest_first,
+            duplicates_stored_once,
+            upsert_out_of_order_keeps_order,
+            latest_per_series,
+            f64_round_trip_is_bit_exact,
+            timestamps_round_trip_exactly,
+            rollups_merge_replace_watermarks,
+            read_rollups_bounds_per_tier,
+            retention_by_tier,
+            months_and_years,
+            large_append_reads_back_exactly,
+            disk_bytes_grows,
+            maintain_is_idempotent,
+            concurrent_writers,
+            empty_writes_are_noops,
+        );
+    };
+    (@tests $backend:ident, $ctor:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let store: Option<::std::sync::Arc<dyn $crate::Store>> = $ctor;
+                let Some(store) = store else {
+                    eprintln!("{}::{} skipped: backend unavailable",
+                        stringify!($backend), stringify!($check));
+                    return;
+                };
+                $crate::testsuite::$check(&*store).await;
+            }
+        )*
+    };
+}
+
+// ---- fixtures
+
+/// 2026-01-01T00:00:00Z.
+const T0: i64 = 1_767_225_600_000;
+const SEC: i64 = 1_000;
+const MIN: i64 = TsMs::MINUTE;
+const HOUR: i64 = TsMs::HOUR;
+const DAY: i64 = TsMs::DAY;
+
+fn site(id: &str) -> Site {
+    Site {
+        id: SiteId::parse(id).unwrap(),
+        name: format!("Site {id}"),
+        timezone: "Europe/Zurich".into(),
+        created_at: TsMs(T0 + 123),
+    }
+}
+
+fn device(id: &str, site: &str) -> Device {
+    Device {
+        id: DeviceId::parse(id).unwrap(),
+        name: format!("Device {id}"),
+        site: SiteId::parse(site).unwrap(),
+        kind: "meter".into(),
+        labels: BTreeMap::from([
+            ("room".to_owned(), "kitchen".to_owned()),
+            ("phase".to_owned(), "L1 \"quoted\" ü".to_owned()),
+        ]),
+        created_at: TsMs(T0 + 456),
+    }
+}
+
+fn did(id: &str) -> DeviceId {
+    DeviceId::parse(id).unwrap()
+}
+
+fn sid(id: &str) -> SiteId {
+    SiteId::parse(id).unwrap()
+}
+
+/// Creates site `home` (if needed) and device `dev`, returning the series of `channels`.
+async fn series_of(store: &dyn Store, dev: &str, channels: &[&str]) -> Vec<SeriesId> {
+    if store.get_site(&sid("home")).await.unwrap().is_none() {
+        store.create_site(&site("home")).await.unwrap();
+    }
+    store
+        .create_device(&device(dev, "home"), &format!("hash-{dev}"))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for ch in channels {
+        out.push(store.series_id(&did(dev), ch).await.unwrap());
+    }
+    out
+}
+
+async fn one_series(store: &dyn Store) -> SeriesId {
+    series_of(store, "meter1", &["main"]).await[0]
+}
+
+fn pt(ts: i64, values: &[(Quantity, f64)]) -> Point {
+    let mut v = Values::new();
+    for &(q, x) in values {
+        v.set(q, x);
+    }
+    Point {
+        ts: TsMs(ts),
+        values: v,
+    }
+}
+
+fn power(ts: i64, w: f64) -> Point {
+    pt(ts, &[(Quantity::Power, w)])
+}
+
+/// A realistic 4-field reading.
+fn reading(ts: i64, i: usize) -> Point {
+    let x = i as f64;
+    pt(
+        ts,
+        &[
+            (Quantity::Voltage, 230.0 + (x * 0.37).sin()),
+            (Quantity::Current, 1.5 + x / 1_000.0),
+            (Quantity::Power, 345.25 + x * 0.125),
+            (Quantity::Energy, 1_000.0 + x * 0.000_1),
+        ],
+    )
+}
+
+fn batch(series: SeriesId, points: Vec<Point>) -> Vec<SeriesPoints> {
+    vec![SeriesPoints { series, points }]
+}
+
+fn ts_of(points: &[Point]) -> Vec<i64> {
+    points.iter().map(|p| p.ts.0).collect()
+}
+
+/// Points equal value for value, bit for bit.
+fn assert_points_eq(got: &[Point], want: &[Point], ctx: &str) {
+    assert_eq!(ts_of(got), ts_of(want), "{ctx}: timestamps");
+    for (g, w) in got.iter().zip(want) {
+        for q in Quantity::ALL {
+            assert_eq!(
+                g.values.get(q).map(f64::to_bits),
+                w.values.get(q).map(f64::to_bits),
+                "{ctx}: {} at {} (got {:?}, want {:?})",
+                q.field(),
+                g.ts.0,
+                g.values.get(q),
+                w.values.get(q)
+            );
+        }
+    }
+}
+
+fn approx(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+/// Rollups equal up to the rounding of `sum` (stored as avg by some backends).
+fn assert_agg_eq(got: &Agg, want: &Agg, ctx: &str) {
+    assert_eq!(got.last_ts, want.last_ts, "{ctx}: last_ts");
+    assert!(
+        approx(got.energy_import_kwh, want.energy_import_kwh),
+        "{ctx}: import {} vs {}",
+        got.energy_import_kwh,
+        want.energy_import_kwh
+    );
+    assert!(
+        approx(got.energy_export_kwh, want.energy_export_kwh),
+        "{ctx}: export {} vs {}",
+        got.energy_export_kwh,
+        want.energy_export_kwh
+    );
+    for q in Quantity::ALL {
+        let (g, w) = (got.stat(q), want.stat(q));
+        let ctx = format!("{ctx}: {}", q.field());
+        assert_eq!(g.n, w.n, "{ctx}: n");
+        if w.n > 0 {
+            assert!(approx(g.sum, w.sum), "{ctx}: sum {} vs {}", g.sum, w.sum);
+            // Rollup statistics compare as numbers: SQLite keeps a REAL -0.0 as the integer 0,
+            // and the sign of a zero average or minimum carries no meaning.
+            assert_eq!(g.min, w.min, "{ctx}: min {} vs {}", g.min, w.min);
+            assert_eq!(g.max, w.max, "{ctx}: max {} vs {}", g.max, w.max);
+            assert_eq!(g.last, w.last, "{ctx}: last {} vs {}", g.last, w.last);
+        }
+    }
+}
+
+/// A bucket part built the way the engine builds one.
+fn agg_of(points: &[Point], import_kwh: f64) -> Agg {
+    let mut a = Agg::default();
+    for p in points {
+        a.add(p.ts, &p.values, &EnergyDelta::default());
+    }
+    a.energy_import_kwh = import_kwh;
+    a
+}
+
+fn row(series: SeriesId, bucket: i64, agg: Agg) -> RollupRow {
+    RollupRow {
+        series,
+        bucket: TsMs(bucket),
+        agg,
+    }
+}
+
+fn is_conflict<T: std::fmt::Debug>(r: crate::Result<T>) -> bool {
+    matches!(r, Err(StoreError::Conflict(_)))
+}
+
+// ---- catalog
+
+pub async fn sites_crud(store: &dyn Store) {
+    assert!(store.list_sites().await.unwrap().is_empty());
+    let (a, b) = (site("a-site"), site("b-site"));
+    store.create_site(&b).await.unwrap();
+    store.create_site(&a).await.unwrap();
+    assert_eq!(store.get_site(&a.id).await.unwrap(), Some(a.clone()));
+    let mut listed = store.list_sites().await.unwrap();
+    listed.sort_by(|x, y| x.id.cmp(&y.id));
+    assert_eq!(listed, vec![a.clone(), b.clone()]);
+
+    let mut dup = a.clone();
+    dup.name = "another name".into();
+    let r = store.create_site(&dup).await;
+    assert!(is_conflict(r), "duplicate site id must conflict");
+    assert_eq!(store.get_site(&a.id).await.unwrap().unwrap().name, a.name);
+
+    let mut changed = a.clone();
+    changed.name = "Holiday home".into();
+    changed.timezone = "America/New_York".into();
+    assert!(store.update_site(&changed).await.unwrap());
+    assert_eq!(store.get_site(&a.id).await.unwrap(), Some(changed));
+
+    let ghost = site("ghost");
+    assert!(!store.update_site(&ghost).await.unwrap());
+    assert_eq!(store.get_site(&ghost.id).await.unwrap(), None);
+    assert!(!store.delete_site(&ghost.id).await.unwrap());
+
+    assert!(store.delete_site(&b.id).await.unwrap());
+    assert_eq!(store.get_site(&b.id).await.unwrap(), None);
+    assert_eq!(store.list_sites().await.unwrap().len(), 1);
+}
+
+pub async fn devices_crud_and_tokens(store: &dyn Store) {
+    store.create_site(&site("home")).await.unwrap();
+    store.create_site(&site("cabin")).await.unwrap();
+    let d1 = device("plug-1", "home");
+    let mut d2 = device("plug-2", "home");
+    d2.labels.clear();
+    store.create_device(&d1, "hash-1").await.unwrap();
+    store.create_device(&d2, "hash-2").await.unwrap();
+    assert_eq!(store.get_device(&d1.id).await.unwrap(), Some(d1.clone()));
+    assert_eq!(store.get_device(&d2.id).await.unwrap(), Some(d2.clone()));
+    let mut listed = store.list_devices().await.unwrap();
+    listed.sort_by(|x, y| x.id.cmp(&y.id));
+    assert_eq!(listed, vec![d1.clone(), d2.clone()]);
+
+    // Conflicts: the id, and the token hash (a token names exactly one device).
+    assert!(is_conflict(store.create_device(&d1, "hash-other").await));
+    let d3 = device("plug-3", "home");
+    assert!(is_conflict(store.create_device(&d3, "hash-1").await));
+    assert_eq!(store.get_device(&d3.id).await.unwrap(), None);
+
+    // Token lookup by hash.
+    assert_eq!(store.device_by_token("hash-1").await.unwrap(), Some(d1.id.clone()));
+    assert_eq!(store.device_by_token("hash-2").await.unwrap(), Some(d2.id.clone()));
+    assert_eq!(store.device_by_token("nope").await.unwrap(), None);
+
+    // Update.
+    let mut changed = d1.clone();
+    changed.name = "Fridge plug".into();
+    changed.kind = "plug".into();
+    changed.site = sid("cabin");
+    changed.labels.insert("circuit".into(), "7".into());
+    changed.labels.remove("room");
+    assert!(store.update_device(&changed).await.unwrap());
+    assert_eq!(store.get_device(&d1.id).await.unwrap(), Some(changed.clone()));
+    assert!(!store.update_device(&device("ghost", "home")).await.unwrap());
+    assert_eq!(store.get_device(&did("ghost")).await.unwrap(), None);
+
+    // Token rotation.
+    assert!(store.set_device_token(&d1.id, "hash-1b").await.unwrap());
+    assert_eq!(store.device_by_token("hash-1").await.unwrap(), None);
+    assert_eq!(store.device_by_token("hash-1b").await.unwrap(), Some(d1.id.clone()));
+    assert!(!store.set_device_token(&did("ghost"), "hash-x").await.unwrap());
+    assert!(is_conflict(store.set_device_token(&d1.id, "hash-2").await));
+    assert_eq!(store.device_by_token("hash-2").await.unwrap(), Some(d2.id.clone()));
+
+    assert!(store.delete_device(&d2.id).await.unwrap());
+    assert!(!store.delete_device(&d2.id).await.unwrap());
+    assert_eq!(store.get_device(&d2.id).await.unwrap(), None);
+    assert_eq!(store.device_by_token("hash-2").await.unwrap(), None);
+    assert_eq!(store.list_devices().await.unwrap(), vec![changed]);
+}
+
+pub async fn delete_site_with_devices_conflicts(store: &dyn Store) {
+    store.create_site(&site("home")).await.unwrap();
+    store.create_device(&device("m1", "home"), "h1").await.unwrap();
+    let r = store.delete_site(&sid("home")).await;
+    assert!(is_conflict(r), "deleting a site with devices must conflict");
+    assert!(store.get_site(&sid("home")).await.unwrap().is_some());
+    assert!(store.get_device(&did("m1")).await.unwrap().is_some());
+
+    assert!(store.delete_device(&did("m1")).await.unwrap());
+    assert!(store.delete_site(&sid("home")).await.unwrap());
+    assert_eq!(store.get_site(&sid("home")).await.unwrap(), None);
+    assert!(!store.delete_site(&sid("home")).await.unwrap());
+}
+
+pub async fn delete_device_cascades(store: &dyn Store) {
+    let a = series_of(store, "doomed", &["main", "L1"]).await;
+    let b = series_of(store, "keeper", &["main"]).await;
+    let all = [a[0], a[1], b[0]];
+    for (k, s) in all.iter().enumerate() {
+        let pts: Vec<Point> = (0..10).map(|i| reading(T0 + i * SEC, i as usize + k)).collect();
+        store.append(&batch(*s, pts)).await.unwrap();
+    }
+    let mut w = RollupWrite::default();
+    for s in all {
+        let agg = agg_of(&[reading(T0, 1)], 0.5);
+        for tier in BucketTier::ROLLUPS {
+            w.merge.push((tier, row(s, T0, agg)));
+        }
+        w.watermarks.push((s, TsMs(T0 + 9 * SEC)));
+    }
+    store.write_rollups(&w).await.unwrap();
+
+    assert!(store.delete_device(&did("doomed")).await.unwrap());
+    assert!(!store.delete_device(&did("doomed")).await.unwrap());
+    assert_eq!(store.get_device(&did("doomed")).await.unwrap(), None);
+    let series = store.list_series().await.unwrap();
+    assert_eq!(series.iter().map(|s| s.id).collect::<Vec<_>>(), vec![b[0]]);
+    for s in &a {
+        let raw = store.read_raw(*s, TsMs(0), TsMs(T0 + DAY), 1000).await.unwrap();
+        assert!(raw.is_empty(), "readings of a deleted device must go");
+        for tier in BucketTier::ROLLUPS {
+            let r = store.read_rollups(tier, *s, TsMs(0), TsMs(T0 + DAY)).await.unwrap();
+            assert!(r.is_empty(), "{tier:?} rollups of a deleted device must go");
+        }
+    }
+    let latest = store.latest().await.unwrap();
+    assert_eq!(latest.iter().map(|l| l.0).collect::<Vec<_>>(), vec![b[0]]);
+
+    // The other device is untouched.
+    let raw = store.read_raw(b[0], TsMs(0), TsMs(T0 + DAY), 1000).await.unwrap();
+    assert_eq!(raw.len(), 10);
+    for tier in BucketTier::ROLLUPS {
+        let r = store.read_rollups(tier, b[0], TsMs(0), TsMs(T0 + DAY)).await.unwrap();
+        assert_eq!(r.len(), 1, "{tier:?}");
+    }
+
+    // A device re-created under the same id starts empty.
+    store.create_device(&device("doomed", "home"), "hash-new").await.unwrap();
+    let s = store.series_id(&did("doomed"), "main").await.unwrap();
+    assert!(store.read_raw(s, TsMs(0), TsMs(T0 + DAY), 1000).await.unwrap().is_empty());
+    for tier in BucketTier::ROLLUPS {
+        assert!(store.read_rollups(tier, s, TsMs(0), TsMs(T0 + DAY)).await.unwrap().is_empty());
+    }
+    let info = store.list_series().await.unwrap();
+    assert_eq!(info.iter().find(|i| i.id == s).unwrap().rollup_watermark, None);
+}
+
+pub async fn ingest_tokens(store: &dyn Store) {
+    store.create_site(&site("home")).await.unwrap();
+    store.create_site(&site("cabin")).await.unwrap();
+    let tok = |id: &str, site: &str, at: i64| IngestToken {
+        id: id.into(),
+        site: sid(site),
+        name: format!("gateway {id}"),
+        created_at: TsMs(T0 + at),
+    };
+    let (t1, t2, t3) = (tok("t1", "home", 1), tok("t2", "home", 2), tok("t3", "cabin", 3));
+    store.create_ingest_token(&t1, "ih1").await.unwrap();
+    store.create_ingest_token(&t2, "ih2").await.unwrap();
+    store.create_ingest_token(&t3, "ih3").await.unwrap();
+    assert!(is_conflict(store.create_ingest_token(&t1, "ih-other").await));
+
+    let mut home = store.list_ingest_tokens(&sid("home")).await.unwrap();
+    home.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(home, vec![t1.clone(), t2.clone()]);
+    assert_eq!(store.list_ingest_tokens(&sid("cabin")).await.unwrap(), vec![t3.clone()]);
+    assert!(store.list_ingest_tokens(&sid("nowhere")).await.unwrap().is_empty());
+
+    assert_eq!(store.ingest_token_site("ih1").await.unwrap(), Some(sid("home")));
+    assert_eq!(store.ingest_token_site("ih3").await.unwrap(), Some(sid("cabin")));
+    assert_eq!(store.ingest_token_site("nope").await.unwrap(), None);
+
+    assert!(store.delete_ingest_token("t1").await.unwrap());
+    assert!(!store.delete_ingest_token("t1").await.unwrap());
+    assert_eq!(store.ingest_token_site("ih1").await.unwrap(), None);
+    assert_eq!(store.list_ingest_tokens(&sid("home")).await.unwrap(), vec![t2]);
+}
+
+pub async fn series_ids_are_stable_and_distinct(store: &dyn Store) {
+    let first = series_of(store, "m1", &["main", "L1", "L2"]).await;
+    let again = series_of(store, "m2", &["main"]).await;
+    let (main, l1, l2, other) = (first[0], first[1], first[2], again[0]);
+    assert_eq!(store.series_id(&did("m1"), "main").await.unwrap(), main);
+    assert_eq!(store.series_id(&did("m1"), "L1").await.unwrap(), l1);
+    let mut ids = vec![main, l1, l2, other];
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "series must be distinct per (device, channel)");
+
+    let listed = store.list_series().await.unwrap();
+    assert_eq!(listed.len(), 4);
+    for (id, dev, ch) in [(main, "m1", "main"), (l1, "m1", "L1"), (l2, "m1", "L2"), (other, "m2", "main")] {
+        let s = listed.iter().find(|s| s.id == id).expect("listed");
+        assert_eq!((s.device.as_str(), s.channel.as_str()), (dev, ch));
+        assert_eq!(s.rollup_watermark, None);
+    }
+}
+
+// ---- raw readings
+
+pub async fn append_and_read_raw_bounds(store: &dyn Store) {
+    let s = series_of(store, "m1", &["main", "L1"]).await;
+    let pts: Vec<Point> = (0..100).map(|i| power(T0 + i * SEC, i as f64)).collect();
+    // Two batches, the second also carrying another series.
+    store.append(&batch(s[0], pts[..40].to_vec())).await.unwrap();
+    store
+        .append(&[
+            SeriesPoints { series: s[0], points: pts[40..].to_vec() },
+            SeriesPoints { series: s[1], points: vec![power(T0 + 5 * SEC, -1.0)] },
+        ])
+        .await
+        .unwrap();
+
+    let all = store.read_raw(s[0], TsMs(T0), TsMs(T0 + 100 * SEC), 1_000).await.unwrap();
+    assert_points_eq(&all, &pts, "everything");
+    // `from` inclusive, `to` exclusive.
+    let mid = store.read_raw(s[0], TsMs(T0 + 10 * SEC), TsMs(T0 + 20 * SEC), 1_000).await.unwrap();
+    assert_points_eq(&mid, &pts[10..20], "[10 s, 20 s)");
+    let off = store
+        .read_raw(s[0], TsMs(T0 + 10 * SEC + 1), TsMs(T0 + 20 * SEC + 1), 1_000)
+        .await
+        .unwrap();
+    assert_points_eq(&off, &pts[11..21], "(10 s, 20 s]");
+    // Limit keeps the oldest.
+    let lim = store.read_raw(s[0], TsMs(T0), TsMs(T0 + 100 * SEC), 7).await.unwrap();
+    assert_points_eq(&lim, &pts[..7], "limit 7");
+    assert!(store.read_raw(s[0], TsMs(T0), TsMs(T0 + 100 * SEC), 0).await.unwrap().is_empty());
+    // Empty and inverted ranges; other series are separate.
+    assert!(store.read_raw(s[0], TsMs(T0 + 5), TsMs(T0 + 5), 10).await.unwrap().is_empty());
+    assert!(store.read_raw(s[0], TsMs(T0 + 50 * SEC), TsMs(T0), 10).await.unwrap().is_empty());
+    assert!(store.read_raw(s[0], TsMs(T0 - DAY), TsMs(T0), 10).await.unwrap().is_empty());
+    let other = store.read_raw(s[1], TsMs(T0), TsMs(T0 + DAY), 10).await.unwrap();
+    assert_points_eq(&other, &[power(T0 + 5 * SEC, -1.0)], "other series");
+    // Extreme bounds mean "everything".
+    let wide = store.read_raw(s[0], TsMs(i64::MIN), TsMs(i64::MAX), 1_000).await.unwrap();
+    assert_eq!(wide.len(), 100);
+    assert!(store.read_raw(SeriesId(987_654), TsMs(0), TsMs(i64::MAX), 10).await.unwrap().is_empty());
+}
+
+pub async fn read_raw_before_newest_first(store: &dyn Store) {
+    let s = one_series(store).await;
+    let pts: Vec<Point> = (0..50).map(|i| power(T0 + i * MIN, i as f64)).collect();
+    store.append(&batch(s, pts.clone())).await.unwrap();
+
+    let got = store.read_raw_before(s, TsMs(T0 + 20 * MIN), 5).await.unwrap();
+    let want: Vec<Point> = pts[15..20].iter().rev().copied().collect();
+    assert_points_eq(&got, &want, "5 before 20 min");
+    // `before` is exclusive.
+    let got = store.read_raw_before(s, TsMs(T0 + 20 * MIN + 1), 1).await.unwrap();
+    assert_points_eq(&got, &pts[20..21], "1 before 20 min + 1 ms");
+    let got = store.read_raw_before(s, TsMs(T0 + 3 * MIN), 100).await.unwrap();
+    let want: Vec<Point> = pts[..3].iter().rev().copied().collect();
+    assert_points_eq(&got, &want, "fewer than the limit");
+    assert!(store.read_raw_before(s, TsMs(T0), 100).await.unwrap().is_empty());
+    assert!(store.read_raw_before(s, TsMs(T0 + DAY), 0).await.unwrap().is_empty());
+    let all = store.read_raw_before(s, TsMs(i64::MAX), 1_000).await.unwrap();
+    assert_eq!(ts_of(&all), ts_of(&pts).into_iter().rev().collect::<Vec<_>>());
+}
+
+pub async fn duplicates_stored_once(store: &dyn Store) {
+    use Quantity::*;
+    let s = one_series(store).await;
+    let t1 = T0 + 10 * SEC;
+    store.append(&batch(s, vec![power(T0, 1.0), power(t1, 100.0)])).await.unwrap();
+
+    // Power first, then voltage only: both present, one point.
+    let merged = store.upsert(s, &[pt(t1, &[(Voltage, 230.5)])]).await.unwrap();
+    let want = pt(t1, &[(Power, 100.0), (Voltage, 230.5)]);
+    assert_points_eq(&merged, &[want], "upsert returns the merged point");
+    let stored = store.read_raw(s, TsMs(T0), TsMs(T0 + DAY), 100).await.unwrap();
+    assert_points_eq(&stored, &[power(T0, 1.0), want], "stored once, overlaid");
+
+    // A newer value of a present quantity wins; the others stay.
+    let merged = store.upsert(s, &[pt(t1, &[(Power, 101.0), (Current, 0.5)])]).await.unwrap();
+    let want = pt(t1, &[(Power, 101.0), (Voltage, 230.5), (Current, 0.5)]);
+    assert_points_eq(&merged, &[want], "second overlay");
+
+    // The same reading twice is one point.
+    let t2 = T0 + 20 * SEC;
+    let p2 = pt(t2, &[(Power, 7.0), (Energy, 12.25)]);
+    store.upsert(s, &[p2]).await.unwrap();
+    let again = store.upsert(s, &[p2]).await.unwrap();
+    assert_points_eq(&again, &[p2], "idempotent upsert");
+    let stored = store.read_raw(s, TsMs(T0), TsMs(T0 + DAY), 100).await.unwrap();
+    assert_points_eq(&stored, &[power(T0, 1.0), want, p2], "no duplicate rows");
+
+    // An upsert of a point without values keeps what is stored.
+    let kept = store.upsert(s, &[pt(t2, &[])]).await.unwrap();
+    assert_points_eq(&kept, &[p2], "empty overlay");
+    assert_eq!(store.latest().await.unwrap(), vec![(s, p2)]);
+}
+
+pub async fn upsert_out_of_order_keeps_order(store: &dyn Store) {
+    let s = one_series(store).await;
+    let on_time: Vec<Point> = [0, 10, 20, 30].iter().map(|&i| power(T0 + i * SEC, i as f64)).collect();
+    store.append(&batch(s, on_time)).await.unwrap();
+    // Late points into the middle, given out of order, one of them overlaying.
+    let late = [power(T0 + 25 * SEC, 25.0), power(T0 + 5 * SEC, 5.0), pt(T0 + 10 * SEC, &[(Quantity::Voltage, 229.0)])];
+    let got = store.upsert(s, &late).await.unwrap();
+    let mut got_ts = ts_of(&got);
+    got_ts.sort();
+    assert_eq!(got_ts, vec![T0 + 5 * SEC, T0 + 10 * SEC, T0 + 25 * SEC]);
+    let ten = got.iter().find(|p| p.ts.0 == T0 + 10 * SEC).unwrap();
+    assert_eq!(ten.values.get(Quantity::Power), Some(10.0));
+    assert_eq!(ten.values.get(Quantity::Voltage), Some(229.0));
+
+    let all = store.read_raw(s, TsMs(T0), TsMs(T0 + DAY), 100).await.unwrap();
+    assert_eq!(
+        ts_of(&all),
+        [0, 5, 10, 20, 25, 30].iter().map(|i| T0 + i * SEC).collect::<Vec<_>>()
+    );
+    let before = store.read_raw_before(s, TsMs(T0 + 20 * SEC), 10).await.unwrap();
+    assert_eq!(ts_of(&before), vec![T0 + 10 * SEC, T0 + 5 * SEC, T0]);
+
+    // Late data from long ago (another month, another year) lands in place too.
+    let old = [power(T0 - 40 * DAY, -40.0), power(T0 - 400 * DAY, -400.0)];
+    store.upsert(s, &old).await.unwrap();
+    let all = store.read_raw(s, TsMs(0), TsMs(T0 + DAY), 100).await.unwrap();
+    assert_eq!(all.len(), 8);
+    assert_eq!(&ts_of(&all)[..2], &[T0 - 400 * DAY, T0 - 40 * DAY]);
+    assert_eq!(store.latest().await.unwrap()[0].1.ts, TsMs(T0 + 30 * SEC));
+}
+
+pub async fn latest_per_series(store: &dyn Store) {
+    let s = series_of(store, "m1", &["a", "b", "empty"]).await;
+    assert!(store.latest().await.unwrap().is_empty());
+    let a: Vec<Point> = (0..20).map(|i| reading(T0 + i * SEC, i as usize)).collect();
+    store.append(&batch(s[0], a.clone())).await.unwrap();
+    store.append(&batch(s[1], vec![power(T0 + 100 * DAY, 9.0)])).await.unwrap();
+    // A late point does not move "latest"; a newer upsert does.
+    store.upsert(s[1], &[power(T0, 1.0)]).await.unwrap();
+    let mut latest = store.latest().await.unwrap();
+    latest.sort_by_key(|l| l.0);
+    assert_eq!(latest.len(), 2, "a series without points has no latest");
+    assert_eq!(latest[0].0, s[0]);
+    assert_points_eq(&[latest[0].1], &a[19..], "latest of a");
+    assert_eq!(latest[1], (s[1], power(T0 + 100 * DAY, 9.0)));
+
+    store.upsert(s[1], &[power(T0 + 101 * DAY, 10.0)]).await.unwrap();
+    let latest = store.latest().await.unwrap();
+    let b = latest.iter().find(|l| l.0 == s[1]).unwrap();
+    assert_eq!(b.1, power(T0 + 101 * DAY, 10.0));
+}
+
+pub async fn f64_round_trip_is_bit_exact(store: &dyn Store) {
+    let s = one_series(store).await;
+    let awkward = [
+        1e-300,
+        -0.0,
+        12_345_678.901_234_567,
+        0.1 + 0.2,
+        f64::MIN_POSITIVE,
+        5e-324, // subnormal
+        f64::MAX,
+        f64::MIN,
+        1.0 / 3.0,
+        -273.150_000_000_000_03,
+        299_792_458.000_001,
+        0.0,
+    ];
+    let mut pts = Vec::new();
+    for (i, v) in awkward.iter().enumerate() {
+        let mut values = Values::new();
+        for (k, q) in Quantity::ALL.iter().enumerate() {
+            values.set(*q, awkward[(i + k) % awkward.len()] * if k % 2 == 0 { 1.0 } else { -1.0 });
+        }
+        values.set(Quantity::Power, *v);
+        pts.push(Point { ts: TsMs(T0 + i as i64 * SEC), values });
+    }
+    store.append(&batch(s, pts.clone())).await.unwrap();
+    let got = store.read_raw(s, TsMs(T0), TsMs(T0 + DAY), 100).await.unwrap();
+    assert_points_eq(&got, &pts, "append");
+    let up = store.upsert(s, &pts[..3]).await.unwrap();
+    assert_points_eq(&up, &pts[..3], "upsert");
+    let latest = store.latest().await.unwrap();
+    assert_points_eq(&[latest[0].1], &pts[pts.len() - 1..], "latest");
+
+    // Rollup min/max/last keep their bits too.
+    let mut agg = Agg::default();
+    agg.stats[Quantity::Power.index()] = QStat { n: 3, sum: 1.0, min: 5e-324, max: f64::MAX, last: -0.0 };
+    agg.stats[Quantity::Frequency.index()] = QStat { n: 1, sum: 0.1 + 0.2, min: 0.1 + 0.2, max: 0.1 + 0.2, last: 0.1 + 0.2 };
+    agg.energy_import_kwh = 12_345_678.901_234_567;
+    agg.last_ts = TsMs(T0 + 59 * SEC);
+    let w = RollupWrite { replace: vec![(BucketTier::Minute, row(s, T0, agg))], ..Default::default() };
+    store.write_rollups(&w).await.unwrap();
+    let got = store.read_rollups(BucketTier::Minute, s, TsMs(T0), TsMs(T0 + MIN)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_agg_eq(&got[0].agg, &agg, "awkward rollup");
+    assert_eq!(got[0].agg.energy_import_kwh.to_bits(), agg.energy_import_kwh.to_bits());
+}
+
+pub async fn timestamps_round_trip_exactly(store: &dyn Store) {
+    let s = one_series(store).await;
+    let mut stamps = vec![
+        946_684_800_001,   // 2000-01-01T00:00:00.001Z
+        1_000_000_000_123, // 2001
+        1_700_000_000_999,
+        T0 - 1,
+        T0,
+        T0 + 1,
+        T0 + 999,
+        T0 + 1_001,
+        T0 + 123_456_789,
+        4_102_444_799_999, // 2099-12-31T23:59:59.999Z
+    ];
+    stamps.sort();
+    let pts: Vec<Point> = stamps.iter().map(|&t| power(t, t as f64)).collect();
+    store.append(&batch(s, pts.clone())).await.unwrap();
+    let got = store.read_raw(s, TsMs(0), TsMs(i64::MAX), 100).await.unwrap();
+    assert_points_eq(&got, &pts, "millisecond timestamps");
+    // Exact bounds around one millisecond.
+    let one = store.read_raw(s, TsMs(T0 + 999), TsMs(T0 + 1_000), 10).await.unwrap();
+    assert_eq!(ts_of(&one), vec![T0 + 999]);
+    let before = store.read_raw_before(s, TsMs(T0 + 1), 1).await.unwrap();
+    assert_eq!(ts_of(&before), vec![T0]);
+
+    // Rollup buckets and last_ts too, and the watermark.
+    let agg = agg_of(&[power(T0 + 59_999, 1.0)], 0.0);
+    let w = RollupWrite {
+        merge: vec![(BucketTier::Minute, row(s, T0 + 7, agg))],
+        watermarks: vec![(s, TsMs(T0 + 59_999))],
+        ..Default::default()
+    };
+    store.write_rollups(&w).await.unwrap();
+    let got = store.read_rollups(BucketTier::Minute, s, TsMs(T0 + 7), TsMs(T0 + 8)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].bucket, TsMs(T0 + 7));
+    assert_eq!(got[0].agg.last_ts, TsMs(T0 + 59_999));
+    let info = store.list_series().await.unwrap();
+    assert_eq!(info[0].rollup_watermark, Some(TsMs(T0 + 59_999)));
+}
+
+// ---- rollups
+
+pub async fn rollups_merge_replace_watermarks(store: &dyn Store) {
+    use Quantity::*;
+    let s = series_of(store, "m1", &["main", "L1"]).await;
+    let (s1, s2) = (s[0], s[1]);
+    let b = T0 + 5 * MIN;
+    // Part A: power and voltage; part B (newer): power only; part C (older than B): current
+    // and power.
+    let a = agg_of(
+        &[
+            pt(b + SEC, &[(Power, 100.0), (Voltage, 230.0)]),
+            pt(b + 2 * SEC, &[(Power, 300.0), (Voltage, 232.0)]),
+        ],
+        0.25,
+    );
+    let bb = agg_of(&[power(b + 30 * SEC, 50.0), power(b + 40 * SEC, 400.0)], 0.5);
+    let c = agg_of(&[pt(b + 10 * SEC, &[(Current, 2.0), (Power, 500.0)])], 0.125);
+
+    let w = RollupWrite {
+        merge: vec![(BucketTier::Minute, row(s1, b, a))],
+        watermarks: vec![(s1, TsMs(b + 2 * SEC))],
+        ..Default::default()
+    };
+    store.write_rollups(&w).await.unwrap();
+    let got = store.read_rollups(BucketTier::Minute, s1, TsMs(b), TsMs(b + MIN)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].series, got[0].bucket), (s1, TsMs(b)));
+    assert_agg_eq(&got[0].agg, &a, "first merge is an insert");
+
+    // Merging B then C (C in the same write as another merge of B's bucket on s2).
+    let w = RollupWrite {
+        merge: vec![(BucketTier::Minute, row(s1, b, bb)), (BucketTier::Minute, row(s2, b, c))],
+        watermarks: vec![(s1, TsMs(b + 40 * SEC))],
+        ..Default::default()
+    };
+    store.write_rollups(&w).await.unwrap();
+    let w = RollupWrite {
+        merge: vec![(BucketTier::Minute, row(s1, b, c)), (BucketTier::Minute, row(s2, b, a))],
+        ..Default::default()
+    };
+    store.write_rollups(&w).await.unwrap();
+    let mut want = a;
+    want.merge(&bb);
+    want.merge(&c);
+    let got = store.read_rollups(BucketTier::Minute, s1, TsMs(b), TsMs(b + MIN)).await.unwrap();
+    assert_agg_eq(&got[0].agg, &want, "A+B+C");
+    // Spelled out, so that a wrong Agg::merge can't hide a wrong backend.
+    let g = &got[0].agg;
+    let p = g.stat(Power);
+    assert_eq!((p.n, p.min, p.max, p.last), (5, 50.0, 500.0, 400.0));
+    assert!(approx(p.sum, 1350.0), "power sum {}", p.sum);
+    assert_eq!(g.stat(Voltage).n, 2);
+    assert_eq!(g.stat(Voltage).last, 232.0, "B and C carry no voltage");
+    let cur = g.stat(Current);
+    assert_eq!((cur.n, cur.last), (1, 2.0), "current only from C");
+    assert_eq!(g.stat(Frequency).n, 0);
+    assert!(approx(g.energy_import_kwh, 0.875));
+    assert_eq!(g.last_ts, TsMs(b + 40 * SEC));
+
+    let mut want2 = c;
+    want2.merge(&a);
+    let got2 = store.read_rollups(BucketTier::Minute, s2, TsMs(b), TsMs(b + MIN)).await.unwrap();
+    assert_agg_eq(&got2[0].agg, &want2, "s2: C+A");
+    assert_eq!(got2[0].agg.stat(Power).last, 500.0, "C is newer than A: its last stays");
+    assert_eq!(got2[0].agg.stat(Voltage).last, 232.0, "C had no voltage: A's last fills in");
+
+    // Two merges of one bucket within one write combine too.
+    let w = RollupWrite {
+        merge: vec![
+            (BucketTier::Hour, row(s1, T0, a)),
+            (BucketTier::Hour, row(s1, T0, bb)),
+        ],
+        ..Default::default()
+    };
+    store.write_rollups(&w).await.unwrap();
+    let mut ab = a;
+    ab.merge(&bb);
+    let got = store.read_rollups(BucketTier::Hour, s1, TsMs(T0), TsMs(T0 + HOUR)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_agg_eq(&got[0].agg, &ab, "two merges in one write");
+
+    // Replace overwrites everything, including quantities the new row lacks.
+    let w = RollupWrite {
+        replace: vec![(BucketTier::Minute, row(s1, b, c))],
+        ..Default::default()
+    };
+    store.write_rollups(&w).await.unwrap();
+    let got = store.read_rollups(BucketTier::Minute, s1, TsMs(b), TsMs(b + MIN)).await.unwrap();
+    assert_agg_eq(&got[0].agg, &c, "replaced");
+    assert_eq!(got[0].agg.stat(Voltage).n, 0);
+    // Replace into an empty bucket inserts.
+    let w = RollupWrite {
+        replace: vec![(BucketTier::Day, row(s2, T0, bb))],
+        ..Default::default()
+    };
+    store.write_rollups(&w).await.unwrap();
+    let got = store.read_rollups(BucketTier::Day, s2, TsMs(T0), TsMs(T0 + DAY)).await.unwrap();
+    assert_agg_eq(&got[0].agg, &bb, "replace inserts");
+
+    // Watermarks are persisted and never go backwards.
+    let wm = |store_list: Vec<crate::SeriesInfo>, id: SeriesId| {
+        store_list.iter().find(|i| i.id == id).unwrap().rollup_watermark
+    };
+    let info = store.list_series().await.unwrap();
+    assert_eq!(wm(info.clone(), s1), Some(TsMs(b + 40 * SEC)));
+    assert_eq!(wm(info, s2), None);
+    let w = RollupWrite {
+        watermarks: vec![(s1, TsMs(b)), (s2, TsMs(T0 + HOUR)), (s2, TsMs(T0 + 2 * HOUR))],
+        ..Default::default()
+    };
+    store.write_rollups(&w).await.unwrap();
+    let info = store.list_series().await.unwrap();
+    assert_eq!(wm(info.clone(), s1), Some(TsMs(b + 40 * SEC)), "no going back");
+    assert_eq!(wm(info, s2), Some(TsMs(T0 + 2 * HOUR)));
+    let w = RollupWrite {
+        watermarks: vec![(s1, TsMs(b + HOUR))],
+        ..Default::default()
+    };
+    store.write_rollups(&w).await.unwrap();
+    let info = store.list_series().await.unwrap();
+    assert_eq!(wm(info, s1), Some(TsMs(b + HOUR)));
+}
+
+pub async fn read_rollups_bounds_per_tier(store: &dyn Store) {
+    let s = series_of(store, "m1", &["main", "L1"]).await;
+    let mut w = RollupWrite::default();
+    for (tier, step, count) in [
+        (BucketTier::Minute, MIN, 30),
+        (BucketTier::Hour, HOUR, 30),
+        (BucketTier::Day, DAY, 30),
+    ] {
+        for i in 0..count {
+            for (k, series) in s.iter().enumerate() {
+                let t = T0 + i * step;
+                let agg = agg_of(&[power(t + 1, (i * 10 + k as i64) as f64)], i as f64);
+                w.merge.push((tier, row(*series, t, agg)));
+            }
+        }
+    }
+    // Rows in any order in the write.
+    w.merge.reverse();
+    store.write_rollups(&w).await.unwrap();
+
+    for (tier, step) in [(BucketTier::Minute, MIN), (BucketTier::Hour, HOUR), (BucketTier::Day, DAY)] {
+        let all = store.read_rollups(tier, s[0], TsMs(T0), TsMs(T0 + 30 * step)).await.unwrap();
+        assert_eq!(all.len(), 30, "{tier:?}");
+        let buckets: Vec<i64> = all.iter().map(|r| r.bucket.0).collect();
+        assert_eq!(buckets, (0..30).map(|i| T0 + i * step).collect::<Vec<_>>(), "{tier:?} ascending");
+        assert!(all.iter().all(|r| r.series == s[0]));
+        for (i, r) in all.iter().enumerate() {
+            assert_eq!(r.agg.stat(Quantity::Power).last, (i * 10) as f64, "{tier:?} row {i}");
+            assert_eq!(r.agg.energy_import_kwh, i as f64);
+        }
+        // `from` inclusive, `to` exclusive.
+        let mid = store.read_rollups(tier, s[0], TsMs(T0 + 3 * step), TsMs(T0 + 7 * step)).await.unwrap();
+        assert_eq!(mid.iter().map(|r| r.bucket.0).collect::<Vec<_>>(), (3..7).map(|i| T0 + i * step).collect::<Vec<_>>());
+        let off = store.read_rollups(tier, s[0], TsMs(T0 + 3 * step + 1), TsMs(T0 + 7 * step + 1)).await.unwrap();
+        assert_eq!(off.first().map(|r| r.bucket.0), Some(T0 + 4 * step));
+        assert_eq!(off.len(), 4);
+        assert!(store.read_rollups(tier, s[0], TsMs(T0 + step), TsMs(T0 + step)).await.unwrap().is_empty());
+        let other = store.read_rollups(tier, s[1], TsMs(T0), TsMs(T0 + 2 * step)).await.unwrap();
+        assert_eq!(other.len(), 2);
+        assert_eq!(other[1].agg.stat(Quantity::Power).last, 11.0);
+        let wide = store.read_rollups(tier, s[0], TsMs(i64::MIN), TsMs(i64::MAX)).await.unwrap();
+        assert_eq!(wide.len(), 30);
+    }
+    // Tiers are separate tables: hourly buckets 0..30 h are not visible as minutes.
+    let minutes = store.read_rollups(BucketTier::Minute, s[0], TsMs(T0), TsMs(T0 + 30 * DAY)).await.unwrap();
+    assert_eq!(minutes.len(), 30);
+}
+
+pub async fn retention_by_tier(store: &dyn Store) {
+    let s = one_series(store).await;
+    let now = T0 + 100 * DAY; // 2026-04-11
+    let ages = [400, 90, 40, 31, 29, 1, 0]; // days
+    let pts: Vec<Point> = ages.iter().map(|&d| power(now - d * DAY - SEC, d as f64)).collect();
+    store.append(&batch(s, pts.clone())).await.unwrap();
+    let mut w = RollupWrite::default();
+    for (tier, d) in [
+        (BucketTier::Minute, 40),
+        (BucketTier::Minute, 1),
+        (BucketTier::Hour, 400),
+        (BucketTier::Hour, 1),
+        (BucketTier::Day, 800),
+    ] {
+        let t = now - d * DAY;
+        w.merge.push((tier, row(s, t, agg_of(&[power(t, 1.0)], 1.0))));
+    }
+    store.write_rollups(&w).await.unwrap();
+
+    let policy = Retention {
+        raw_days: Some(30),
+        minute_days: Some(30),
+        hour_days: None,
+        day_days: None,
+    };
+    let removed = store.apply_retention(&policy, TsMs(now)).await.unwrap();
+    assert!(removed > 0, "something was removed");
+    let left = store.read_raw(s, TsMs(0), TsMs(i64::MAX), 100).await.unwrap();
+    assert_eq!(ts_of(&left), ts_of(&pts[4..]), "raw older than 30 days is gone");
+    let minutes = store.read_rollups(BucketTier::Minute, s, TsMs(0), TsMs(i64::MAX)).await.unwrap();
+    assert_eq!(minutes.iter().map(|r| r.bucket.0).collect::<Vec<_>>(), vec![now - DAY]);
+    let hours = store.read_rollups(BucketTier::Hour, s, TsMs(0), TsMs(i64::MAX)).await.unwrap();
+    assert_eq!(hours.len(), 2, "hours are kept forever");
+    let days = store.read_rollups(BucketTier::Day, s, TsMs(0), TsMs(i64::MAX)).await.unwrap();
+    assert_eq!(days.len(), 1, "days are kept forever");
+
+    // Nothing left to remove; later writes into old and new months still work.
+    assert_eq!(store.apply_retention(&policy, TsMs(now)).await.unwrap(), 0);
+    store.upsert(s, &[power(now - 20 * DAY, 20.0)]).await.unwrap();
+    store.append(&batch(s, vec![power(now + SEC, -1.0)])).await.unwrap();
+    let left = store.read_raw(s, TsMs(0), TsMs(i64::MAX), 100).await.unwrap();
+    assert_eq!(left.len(), 5);
+
+    // A keep-everything policy removes nothing.
+    let forever = Retention { raw_days: None, minute_days: None, hour_days: None, day_days: None };
+    assert_eq!(store.apply_retention(&forever, TsMs(now + 1_000 * DAY)).await.unwrap(), 0);
+    assert_eq!(store.read_raw(s, TsMs(0), TsMs(i64::MAX), 100).await.unwrap().len(), 5);
+}
+
+// ---- shape and scale
+
+pub async fn months_and_years(store: &dyn Store) {
+    let s = one_series(store).await;
+    let stamps: Vec<i64> = vec![
+        1_735_689_599_999, // 2024-12-31T23:59:59.999Z
+        T0,                // 2026-01-01T00:00:00.000Z
+        T0 + 30 * DAY + 23 * HOUR + 59 * MIN + 59 * SEC + 999, // 2026-01-31T23:59:59.999Z
+        T0 + 31 * DAY,     // 2026-02-01
+        1_772_236_800_000, // 2026-02-28
+        1_835_395_200_000, // 2028-02-29 (leap day)
+        1_907_712_000_000, // 2030-06-15
+    ];
+    let pts: Vec<Point> = stamps.iter().enumerate().map(|(i, &t)| reading(t, i)).collect();
+    // One append spanning many months and years.
+    store.append(&batch(s, pts.clone())).await.unwrap();
+    let all = store.read_raw(s, TsMs(0), TsMs(i64::MAX), 100).await.unwrap();
+    assert_points_eq(&all, &pts, "all months");
+    // Exactly January 2026, and reads across partition boundaries.
+    let jan = store.read_raw(s, TsMs(T0), TsMs(T0 + 31 * DAY), 100).await.unwrap();
+    assert_eq!(ts_of(&jan), stamps[1..3].to_vec());
+    let span = store.read_raw(s, TsMs(stamps[0]), TsMs(stamps[5] + 1), 100).await.unwrap();
+    assert_eq!(ts_of(&span), stamps[..6].to_vec());
+    let limited = store.read_raw(s, TsMs(0), TsMs(i64::MAX), 3).await.unwrap();
+    assert_eq!(ts_of(&limited), stamps[..3].to_vec());
+    let back = store.read_raw_before(s, TsMs(stamps[5]), 3).await.unwrap();
+    assert_eq!(ts_of(&back), vec![stamps[4], stamps[3], stamps[2]]);
+    assert_eq!(store.latest().await.unwrap()[0].1.ts, TsMs(stamps[6]));
+    // Overlay across a month boundary.
+    let merged = store
+        .upsert(s, &[pt(stamps[0], &[(Quantity::Frequency, 50.0)]), pt(stamps[1], &[(Quantity::Frequency, 49.9)])])
+        .await
+        .unwrap();
+    assert_eq!(merged.len(), 2);
+    assert!(merged.iter().all(|p| p.values.get(Quantity::Voltage).is_some()));
+    assert_eq!(merged[0].values.get(Quantity::Frequency), Some(50.0));
+}
+
+pub async fn large_append_reads_back_exactly(store: &dyn Store) {
+    let channels: Vec<String> = (0..100).map(|i| format!("ch{i}")).collect();
+    let names: Vec<&str> = channels.iter().map(String::as_str).collect();
+    let series = series_of(store, "big", &names).await;
+    let per = 500;
+    let batch: Vec<SeriesPoints> = series
+        .iter()
+        .enumerate()
+        .map(|(k, s)| SeriesPoints {
+            series: *s,
+            points: (0..per)
+                .map(|i| {
+                    let mut p = reading(T0 + i as i64 * 2 * SEC + k as i64, i * 100 + k);
+                    if i % 7 == 0 {
+                        p.values.set(Quantity::Frequency, 50.0 - k as f64 / 1e3);
+                    }
+                    p
+                })
+                .collect(),
+        })
+        .collect();
+    store.append(&batch).await.unwrap();
+    for sp in &batch {
+        let got = store.read_raw(sp.series, TsMs(0), TsMs(i64::MAX), 10_000).await.unwrap();
+        assert_points_eq(&got, &sp.points, &format!("series {}", sp.series));
+    }
+    assert_eq!(store.latest().await.unwrap().len(), 100);
+}
+
+pub async fn disk_bytes_grows(store: &dyn Store) {
+    let s = one_series(store).await;
+    let before = store.disk_bytes().await.unwrap();
+    let pts: Vec<Point> = (0..20_000).map(|i| reading(T0 + i as i64 * SEC, i)).collect();
+    store.append(&batch(s, pts)).await.unwrap();
+    store.maintain(TsMs(T0 + DAY)).await.unwrap();
+    let after = store.disk_bytes().await.unwrap();
+    assert!(after > 0);
+    assert!(after > before, "disk bytes {before} -> {after} after 20,000 readings");
+}
+
+pub async fn maintain_is_idempotent(store: &dyn Store) {
+    let s = one_series(store).await;
+    let now = TsMs(T0 + 45 * DAY);
+    store.maintain(now).await.unwrap();
+    let again = store.maintain(now).await.unwrap();
+    assert_eq!(again.partitions_created, 0, "nothing new to create");
+    store.append(&batch(s, vec![power(now.0, 1.0), power(now.0 + 20 * DAY, 2.0)])).await.unwrap();
+    store.maintain(now).await.unwrap();
+    let got = store.read_raw(s, now, TsMs(now.0 + 60 * DAY), 10).await.unwrap();
+    assert_eq!(got.len(), 2);
+}
+
+pub async fn concurrent_writers(store: &dyn Store) {
+    let s = series_of(store, "m1", &["a", "b", "c", "shared"]).await;
+    let shared = s[3];
+    let writer = |series: SeriesId, k: i64| async move {
+        for chunk in 0..4 {
+            let pts: Vec<Point> = (0..500)
+                .map(|i| power(T0 + (chunk * 500 + i) * SEC, (k * 10_000 + chunk * 500 + i) as f64))
+                .collect();
+            store.append(&batch(series, pts)).await.unwrap();
+            // Everyone also overlays its own quantity onto the same shared points.
+            let q = Quantity::ALL[k as usize];
+            let late: Vec<Point> = (0..50).map(|i| pt(T0 + i * SEC, &[(q, k as f64)])).collect();
+            store.upsert(shared, &late).await.unwrap();
+        }
+    };
+    tokio::join!(writer(s[0], 0), writer(s[1], 1), writer(s[2], 2));
+    for (k, series) in s[..3].iter().enumerate() {
+        let got = store.read_raw(*series, TsMs(0), TsMs(i64::MAX), 10_000).await.unwrap();
+        assert_eq!(got.len(), 2_000);
+        assert_eq!(got[1_999].values.get(Quantity::Power), Some((k * 10_000 + 1_999) as f64));
+    }
+    let got = store.read_raw(shared, TsMs(0), TsMs(i64::MAX), 10_000).await.unwrap();
+    assert_eq!(got.len(), 50);
+    for p in got {
+        for k in 0..3 {
+            assert_eq!(p.values.get(Quantity::ALL[k]), Some(k as f64), "overlays don't clobber");
+        }
+    }
+}
+
+pub async fn empty_writes_are_noops(store: &dyn Store) {
+    let s = one_series(store).await;
+    store.append(&[]).await.unwrap();
+    store.append(&batch(s, vec![])).await.unwrap();
+    assert!(store.upsert(s, &[]).await.unwrap().is_empty());
+    store.write_rollups(&RollupWrite::default()).await.unwrap();
+    assert!(store.read_raw(s, TsMs(0), TsMs(i64::MAX), 10).await.unwrap().is_empty());
+    assert!(store.latest().await.unwrap().is_empty());
+    assert_eq!(store.list_series().await.unwrap()[0].rollup_watermark, None);
+}
+
+// ---- the backends
+
+#[cfg(feature = "postgres")]
+mod pg {
+    store_suite!(pg, crate::postgres::test_store().await);
+}
+
+mod sqlite {
+    store_suite!(sqlite, crate::sqlite::test_store().await);
+}

@@ -1,0 +1,778 @@
+//! InfluxDB line protocol: `measurement,tag=v field=1.5,other=2i 1767632400000000000`.
+//!
+//! The parser works on bytes, one line at a time, and allocates only what the reading owns (its
+//! device id and channel) unless something needs unescaping or a line is refused.
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+
+use wattline_domain::{ChannelName, DeviceId, Limits, Quantity, Reading, TsMs, Values};
+
+use crate::fail::{self, Fail};
+use crate::{codes, LpOutcome};
+
+/// The unit of line-protocol timestamps: the `precision=` query parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Precision {
+    /// Nanoseconds: InfluxDB's default.
+    #[default]
+    Ns,
+    /// Microseconds.
+    Us,
+    /// Milliseconds.
+    Ms,
+    /// Seconds.
+    S,
+}
+
+impl Precision {
+    /// Reads a `precision=` value: `ns`/`n`, `us`/`u`/`µs`, `ms` or `s`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "ns" | "n" => Precision::Ns,
+            // U+00B5 MICRO SIGN and U+03BC GREEK SMALL LETTER MU look alike; accept both.
+            "us" | "u" | "\u{b5}s" | "\u{3bc}s" => Precision::Us,
+            "ms" => Precision::Ms,
+            "s" => Precision::S,
+            _ => return None,
+        })
+    }
+
+    /// The canonical `precision=` value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Precision::Ns => "ns",
+            Precision::Us => "us",
+            Precision::Ms => "ms",
+            Precision::S => "s",
+        }
+    }
+
+    /// Converts a timestamp in this unit to unix milliseconds, truncating sub-millisecond parts
+    /// toward negative infinity. `None` when seconds overflow.
+    pub const fn to_ms(self, t: i64) -> Option<i64> {
+        match self {
+            Precision::Ns => Some(t.div_euclid(1_000_000)),
+            Precision::Us => Some(t.div_euclid(1_000)),
+            Precision::Ms => Some(t),
+            Precision::S => t.checked_mul(1_000),
+        }
+    }
+}
+
+/// Decodes a line-protocol body. Never fails as a whole: every line ends up either in
+/// `readings` or in `errors` (see the crate docs for the rules).
+pub fn parse_line_protocol(
+    body: &[u8],
+    precision: Precision,
+    now: TsMs,
+    limits: &Limits,
+) -> LpOutcome {
+    let mut parser = Parser {
+        precision,
+        now,
+        limits,
+        last_device: None,
+        last_channel: None,
+        default_channel: ChannelName::default_channel(),
+    };
+    let mut out = LpOutcome::default();
+    let mut rest = body;
+    let mut line_no = 0usize;
+    while !rest.is_empty() {
+        line_no += 1;
+        let (mut line, next) = match find_newline(rest) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &[][..]),
+        };
+        rest = next;
+        if let [head @ .., b'\r'] = line {
+            line = head;
+        }
+        let start = skip_ws(line, 0);
+        if start == line.len() || line[start] == b'#' {
+            continue;
+        }
+        out.lines += 1;
+        match parser.line(&line[start..], &mut out.unknown_fields) {
+            Ok(r) => out.readings.push(r),
+            Err(f) => out.errors.push(f.at("line", line_no)),
+        }
+    }
+    out
+}
+
+/// Position of the next `\n`, eight bytes at a time (SWAR), as lines are ~100 bytes long.
+#[inline]
+fn find_newline(b: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const NL: u64 = LO * b'\n' as u64;
+    let mut i = 0;
+    while i + 8 <= b.len() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[i..i + 8]);
+        let x = u64::from_le_bytes(w) ^ NL;
+        // A zero byte in x marks a newline; this test has no false positives below the first.
+        let z = x.wrapping_sub(LO) & !x & HI;
+        if z != 0 {
+            return Some(i + (z.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    b[i..].iter().position(|&c| c == b'\n').map(|p| i + p)
+}
+
+#[inline]
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && (b[i] == b' ' || b[i] == b'\t') {
+        i += 1;
+    }
+    i
+}
+
+/// A byte class table: `stops` and, for names, the backslash (which starts an escape).
+const fn stop_table(stops: &[u8], backslash: bool) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < stops.len() {
+        t[stops[i] as usize] = true;
+        i += 1;
+    }
+    t[b'\\' as usize] = backslash;
+    t
+}
+
+/// Where the measurement and tag values end.
+static VALUE_STOP: [bool; 256] = stop_table(b", ", true);
+/// Where tag keys and field keys end.
+static KEY_STOP: [bool; 256] = stop_table(b", =", true);
+/// Where an unquoted field value or the timestamp ends.
+static TOKEN_STOP: [bool; 256] = stop_table(b", \t", false);
+
+/// Scans a name from `i` to its first unescaped stop byte. Returns the end and whether the name
+/// holds a backslash (and so may need unescaping).
+#[inline(always)]
+fn scan_name(b: &[u8], mut i: usize, stop: &[bool; 256]) -> (usize, bool) {
+    let mut esc = false;
+    while let Some(&c) = b.get(i) {
+        if stop[c as usize] {
+            if c != b'\\' {
+                break;
+            }
+            // `\x` never ends a name, whatever x is.
+            esc = true;
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    (i.min(b.len()), esc)
+}
+
+/// The end of an unquoted token (a number, a boolean, the timestamp).
+#[inline(always)]
+fn scan_token(b: &[u8], mut i: usize) -> usize {
+    while let Some(&c) = b.get(i) {
+        if TOKEN_STOP[c as usize] {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
+/// A name with `\,` `\ ` `\=` and `\\` resolved; any other backslash is literal.
+fn unescape(raw: &[u8], esc: bool) -> Cow<'_, [u8]> {
+    if !esc {
+        return Cow::Borrowed(raw);
+    }
+    let mut v = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match (raw[i], raw.get(i + 1)) {
+            (b'\\', Some(&c @ (b',' | b' ' | b'=' | b'\\'))) => {
+                v.push(c);
+                i += 2;
+            }
+            (c, _) => {
+                v.push(c);
+                i += 1;
+            }
+        }
+    }
+    Cow::Owned(v)
+}
+
+fn text(b: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(b)
+}
+
+/// A span of the line: `[s, e)`, and whether it holds escapes.
+#[derive(Clone, Copy)]
+struct Span {
+    s: usize,
+    e: usize,
+    esc: bool,
+}
+
+impl Span {
+    fn raw<'a>(&self, b: &'a [u8]) -> &'a [u8] {
+        &b[self.s..self.e]
+    }
+    fn name<'a>(&self, b: &'a [u8]) -> Cow<'a, [u8]> {
+        unescape(self.raw(b), self.esc)
+    }
+    fn text(&self, b: &[u8]) -> String {
+        text(&self.name(b)).into_owned()
+    }
+}
+
+fn syntax(field: Option<&str>, msg: String) -> Fail {
+    Fail::new(codes::SYNTAX, field, msg)
+}
+
+/// A field value, by type.
+#[derive(Clone, Copy)]
+enum FieldValue {
+    Number(f64),
+    Str,
+    Bool,
+}
+
+/// Why a numeric token is no line-protocol number.
+enum NumError {
+    Invalid,
+    OutOfRange,
+}
+
+/// Digits to their value: `Invalid` when empty or not all digits, `OutOfRange` over `u64::MAX`.
+#[inline]
+fn parse_digits(t: &[u8]) -> Result<u64, NumError> {
+    if t.is_empty() {
+        return Err(NumError::Invalid);
+    }
+    let mut v: u64 = 0;
+    if t.len() <= 19 {
+        // 19 digits always fit a u64.
+        for &c in t {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
+                return Err(NumError::Invalid);
+            }
+            v = v * 10 + u64::from(d);
+        }
+        return Ok(v);
+    }
+    let mut overflow = false;
+    for &c in t {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            return Err(NumError::Invalid);
+        }
+        match v.checked_mul(10).and_then(|v| v.checked_add(u64::from(d))) {
+            Some(n) => v = n,
+            None => overflow = true,
+        }
+    }
+    if overflow {
+        Err(NumError::OutOfRange)
+    } else {
+        Ok(v)
+    }
+}
+
+/// `-?digits` as an i64.
+#[inline]
+fn parse_i64(t: &[u8]) -> Result<i64, NumError> {
+    let (neg, digits) = match t {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, t),
+    };
+    let m = parse_digits(digits)?;
+    if neg {
+        if m <= 1 << 63 {
+            Ok((m as i64).wrapping_neg())
+        } else {
+            Err(NumError::OutOfRange)
+        }
+    } else {
+        i64::try_from(m).map_err(|_| NumError::OutOfRange)
+    }
+}
+
+/// Exact powers of ten as f64 (10^22 is the largest that is).
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// Lexes the numeric field value at `b[start..]` in one pass: a float
+/// `-?(d+(.d*)?|.d+)([eE][-+]?d+)?`, an integer `-?d+i` or an unsigned `d+u`. Returns where the
+/// number ends and its value; the caller checks that a separator follows. This refuses what
+/// Rust's float parser would take but InfluxDB does not (`NaN`, `inf`, `+1`).
+///
+/// Meter values (`224.36`, `27021.316546`) take an exact fast path: when the digits form an
+/// integer m <= 2^53 and the decimal exponent e is within 10^±22, m and 10^|e| are exact f64s,
+/// so one multiplication or division gives the correctly rounded result. Everything else goes
+/// to Rust's (correctly rounding) parser.
+#[inline]
+fn lex_number(b: &[u8], start: usize) -> (usize, Result<f64, NumError>) {
+    let neg = b.get(start) == Some(&b'-');
+    let mut i = start + usize::from(neg);
+    let mut mant: u64 = 0;
+    let int_start = i;
+    while let Some(&c) = b.get(i) {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        mant = mant.wrapping_mul(10).wrapping_add(u64::from(d));
+        i += 1;
+    }
+    let mut digits = i - int_start;
+    match b.get(i) {
+        Some(b'i') => return (i + 1, parse_i64(&b[start..i]).map(|v| v as f64)),
+        Some(b'u') => return (i + 1, parse_digits(&b[start..i]).map(|v| v as f64)),
+        _ => {}
+    }
+    let mut frac_digits = 0usize;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        while let Some(&c) = b.get(i) {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            mant = mant.wrapping_mul(10).wrapping_add(u64::from(d));
+            frac_digits += 1;
+            i += 1;
+        }
+    }
+    digits += frac_digits;
+    if digits == 0 {
+        return (i, Err(NumError::Invalid));
+    }
+    let mut exp: i64 = 0;
+    if let Some(b'e' | b'E') = b.get(i) {
+        i += 1;
+        let exp_neg = b.get(i) == Some(&b'-');
+        if let Some(b'+' | b'-') = b.get(i) {
+            i += 1;
+        }
+        let exp_start = i;
+        while let Some(&c) = b.get(i) {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            if exp < 100_000 {
+                exp = exp * 10 + i64::from(d);
+            }
+            i += 1;
+        }
+        if i == exp_start {
+            return (i, Err(NumError::Invalid));
+        }
+        if exp_neg {
+            exp = -exp;
+        }
+    }
+    let e10 = exp - frac_digits as i64;
+    // Up to 19 digits always fit a u64, so `mant` is exact.
+    if digits <= 19 && mant <= 1 << 53 && (-22..=22).contains(&e10) {
+        let m = mant as f64;
+        let v = if e10 >= 0 {
+            m * POW10[e10 as usize]
+        } else {
+            m / POW10[(-e10) as usize]
+        };
+        return (i, Ok(if neg { -v } else { v }));
+    }
+    let v = std::str::from_utf8(&b[start..i])
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok());
+    (i, v.ok_or(NumError::Invalid))
+}
+
+/// Lexes an integer `-?d+` at `b[start..]` in one pass: where it ends, and its value.
+#[inline]
+fn lex_i64(b: &[u8], start: usize) -> (usize, Result<i64, NumError>) {
+    let neg = b.get(start) == Some(&b'-');
+    let mut i = start + usize::from(neg);
+    let mut v: u64 = 0;
+    let digits_start = i;
+    while let Some(&c) = b.get(i) {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        v = v.wrapping_mul(10).wrapping_add(u64::from(d));
+        i += 1;
+    }
+    let r = match i - digits_start {
+        0 => Err(NumError::Invalid),
+        // Up to 19 digits always fit a u64.
+        1..=19 if neg => {
+            if v <= 1 << 63 {
+                Ok((v as i64).wrapping_neg())
+            } else {
+                Err(NumError::OutOfRange)
+            }
+        }
+        1..=19 => i64::try_from(v).map_err(|_| NumError::OutOfRange),
+        _ => parse_i64(&b[start..i]),
+    };
+    (i, r)
+}
+
+/// The quantity named by the field key at the start of `rest`, and the key's length, when the
+/// key is a quantity's name followed by `=`: the common case, matched without scanning.
+#[inline]
+fn quantity_key(rest: &[u8]) -> Option<(Quantity, usize)> {
+    let (q, key): (Quantity, &[u8]) = match *rest.first()? {
+        b'v' => (Quantity::Voltage, b"voltage="),
+        b'c' => (Quantity::Current, b"current="),
+        b'p' if rest.get(5) == Some(&b'_') => (Quantity::PowerFactor, b"power_factor="),
+        b'p' => (Quantity::Power, b"power="),
+        b'e' if rest.get(6) == Some(&b'_') => (Quantity::EnergyExport, b"energy_export="),
+        b'e' => (Quantity::Energy, b"energy="),
+        b'a' => (Quantity::ApparentPower, b"apparent_power="),
+        b'r' => (Quantity::ReactivePower, b"reactive_power="),
+        b'f' => (Quantity::Frequency, b"frequency="),
+        _ => return None,
+    };
+    rest.starts_with(key).then_some((q, key.len() - 1))
+}
+
+/// True when a numeric value ending at `b[i]` is followed by what may follow a field value.
+#[inline]
+fn at_value_end(b: &[u8], i: usize) -> bool {
+    matches!(b.get(i), None | Some(b',' | b' ' | b'\t'))
+}
+
+fn is_bool(t: &[u8]) -> bool {
+    matches!(
+        t,
+        b"t" | b"T" | b"true" | b"True" | b"TRUE" | b"f" | b"F" | b"false" | b"False" | b"FALSE"
+    )
+}
+
+/// Which tag names the reading's device or channel.
+#[derive(Clone, Copy)]
+struct Tag {
+    key: &'static str,
+    span: Span,
+}
+
+struct Parser<'l> {
+    precision: Precision,
+    now: TsMs,
+    limits: &'l Limits,
+    /// Consecutive lines often name the same device or channel: reuse the validated id.
+    last_device: Option<DeviceId>,
+    last_channel: Option<ChannelName>,
+    default_channel: ChannelName,
+}
+
+impl Parser<'_> {
+    /// Decodes one line `b`: not blank, no comment, no leading whitespace, no line ending.
+    fn line(&mut self, b: &[u8], unknown: &mut BTreeSet<String>) -> Result<Reading, Fail> {
+        let n = b.len();
+
+        // Measurement: must be there, otherwise ignored.
+        let (mut i, _) = scan_name(b, 0, &VALUE_STOP);
+        if i == 0 {
+            return Err(syntax(None, "missing measurement".into()));
+        }
+
+        // Tags.
+        let mut device: Option<Tag> = None;
+        let mut channel: Option<Tag> = None;
+        let mut conflict: Option<Fail> = None;
+        while i < n && b[i] == b',' {
+            let rest = &b[i + 1..];
+            let (ke, kesc) = if rest.starts_with(b"device=") {
+                (i + 7, false)
+            } else if rest.starts_with(b"channel=") {
+                (i + 8, false)
+            } else {
+                scan_name(b, i + 1, &KEY_STOP)
+            };
+            let key = Span { s: i + 1, e: ke, esc: kesc };
+            if key.s == key.e {
+                return Err(syntax(None, "empty tag key".into()));
+            }
+            if ke >= n || b[ke] != b'=' {
+                let k = key.text(b);
+                return Err(syntax(Some(&k), format!("tag {k:?} has no value")));
+            }
+            let (ve, vesc) = scan_name(b, ke + 1, &VALUE_STOP);
+            let value = Span { s: ke + 1, e: ve, esc: vesc };
+            if value.s == value.e {
+                let k = key.text(b);
+                return Err(syntax(Some(&k), format!("tag {k:?} has an empty value")));
+            }
+            i = ve;
+            if kesc {
+                continue; // an escaped key is never one we look for
+            }
+            let (slot, key) = match key.raw(b) {
+                b"device" => (&mut device, "device"),
+                b"device_id" => (&mut device, "device_id"),
+                b"channel" => (&mut channel, "channel"),
+                _ => continue,
+            };
+            match slot {
+                None => *slot = Some(Tag { key, span: value }),
+                Some(first) => {
+                    if conflict.is_none() && first.span.raw(b) != value.raw(b) {
+                        let msg = format!(
+                            "tags {:?} and {key:?} disagree ({:?} and {:?})",
+                            first.key,
+                            first.span.text(b),
+                            value.text(b)
+                        );
+                        conflict = Some(Fail::new(codes::BAD_ID, Some(key), msg));
+                    }
+                }
+            }
+        }
+        if i >= n {
+            return Err(syntax(None, "missing fields".into()));
+        }
+        // Here b[i] == b' ': the tags end at a space.
+        i = skip_ws(b, i);
+        if i >= n {
+            return Err(syntax(None, "missing fields".into()));
+        }
+
+        // Fields.
+        let mut values = Values::new();
+        let mut pending: Option<Fail> = None;
+        let mut first_unknown: Option<Span> = None;
+        loop {
+            let (key, q) = match quantity_key(&b[i..]) {
+                Some((q, len)) => (Span { s: i, e: i + len, esc: false }, Some(q)),
+                None => {
+                    let (ke, kesc) = scan_name(b, i, &KEY_STOP);
+                    let key = Span { s: i, e: ke, esc: kesc };
+                    let q = if kesc { None } else { fail::quantity_of(key.raw(b)) };
+                    (key, q)
+                }
+            };
+            let ke = key.e;
+            if key.s == key.e {
+                return Err(syntax(None, "empty field key".into()));
+            }
+            if ke >= n || b[ke] != b'=' || ke + 1 >= n {
+                let k = key.text(b);
+                return Err(syntax(Some(&k), format!("field {k:?} has no value")));
+            }
+            i = ke + 1;
+            let value = match b[i] {
+                b'"' => {
+                    let mut j = i + 1;
+                    loop {
+                        match b.get(j) {
+                            None => {
+                                let k = key.text(b);
+                                let msg = format!("unterminated string field {k:?}");
+                                return Err(syntax(Some(&k), msg));
+                            }
+                            Some(b'\\') => j += 2,
+                            Some(b'"') => break,
+                            Some(_) => j += 1,
+                        }
+                    }
+                    i = j + 1;
+                    FieldValue::Str
+                }
+                b'0'..=b'9' | b'-' | b'.' => match lex_number(b, i) {
+                    (e, Ok(v)) if at_value_end(b, e) => {
+                        i = e;
+                        FieldValue::Number(v)
+                    }
+                    (e, r) => {
+                        let what = match r {
+                            Err(NumError::OutOfRange) if at_value_end(b, e) => "is out of range",
+                            _ => "is not a valid number",
+                        };
+                        let tok = &b[i..scan_token(b, i)];
+                        let k = key.text(b);
+                        let msg = format!("field {k:?}: {:?} {what}", text(tok));
+                        return Err(syntax(Some(&k), msg));
+                    }
+                },
+                _ => {
+                    let e = scan_token(b, i);
+                    let tok = &b[i..e];
+                    if !is_bool(tok) {
+                        let k = key.text(b);
+                        let msg = format!("field {k:?}: invalid value {:?}", text(tok));
+                        return Err(syntax(Some(&k), msg));
+                    }
+                    i = e;
+                    FieldValue::Bool
+                }
+            };
+            match (q, value) {
+                (Some(q), FieldValue::Number(v)) => {
+                    if pending.is_none() {
+                        if let Err(e) = self.limits.check_value(q, v) {
+                            let raw = text(&b[ke + 1..i]);
+                            pending = Some(fail::value_fail(q, &raw, &e));
+                        }
+                    }
+                    values.set(q, v);
+                }
+                (Some(q), FieldValue::Str | FieldValue::Bool) => {
+                    if pending.is_none() {
+                        let found = match value {
+                            FieldValue::Str => "a string",
+                            _ => "a boolean",
+                        };
+                        let f = q.field();
+                        let msg = format!("field {f:?}: expected a number, found {found}");
+                        pending = Some(Fail::new(codes::BAD_FIELD_TYPE, Some(f), msg));
+                    }
+                }
+                (None, _) => {
+                    let name = key.name(b);
+                    let name = text(&name);
+                    if !unknown.contains(name.as_ref()) {
+                        unknown.insert(name.into_owned());
+                    }
+                    first_unknown.get_or_insert(key);
+                }
+            }
+            match b.get(i) {
+                None => break,
+                Some(b',') => i += 1,
+                Some(b' ' | b'\t') => break,
+                Some(&c) => {
+                    let k = key.text(b);
+                    let c = text(&b[i..]).chars().next().unwrap_or(c as char);
+                    let msg = format!("field {k:?}: unexpected {c:?} after the value");
+                    return Err(syntax(Some(&k), msg));
+                }
+            }
+        }
+
+        // Timestamp.
+        i = skip_ws(b, i);
+        let mut ts_raw: Option<(i64, &[u8])> = None;
+        if i < n {
+            let (mut e, r) = lex_i64(b, i);
+            let valid_end = matches!(b.get(e), None | Some(b' ' | b'\t'));
+            if !valid_end {
+                e = scan_token(b, i);
+            }
+            let tok = &b[i..e];
+            match r {
+                Ok(t) if valid_end => ts_raw = Some((t, tok)),
+                Err(NumError::OutOfRange) if valid_end => {
+                    let msg = format!("timestamp {} is out of range", text(tok));
+                    return Err(fail::bad_ts(None, msg));
+                }
+                _ => {
+                    let msg = format!("invalid timestamp {:?}", text(tok));
+                    return Err(fail::bad_ts(None, msg));
+                }
+            }
+            let j = skip_ws(b, e);
+            if j < n {
+                let msg = format!("unexpected text after the timestamp: {:?}", text(&b[j..]));
+                return Err(syntax(None, msg));
+            }
+        }
+
+        // The line is well-formed: now what it says.
+        if let Some(f) = conflict {
+            return Err(f);
+        }
+        let Some(dev) = device else {
+            return Err(Fail::new(
+                codes::MISSING_DEVICE,
+                Some("device"),
+                "missing tag \"device\"".into(),
+            ));
+        };
+        let device = self.device(b, dev)?;
+        let channel = match channel {
+            None => self.default_channel.clone(),
+            Some(tag) => self.channel(b, tag)?,
+        };
+        if let Some(f) = pending {
+            return Err(f);
+        }
+        if values.is_empty() {
+            let found = match first_unknown {
+                Some(k) => format!(" (ignored field {:?})", k.text(b)),
+                None => String::new(),
+            };
+            let msg = format!(
+                "no quantity field{found}; known fields are {}",
+                fail::known_fields()
+            );
+            return Err(Fail::new(codes::NO_VALUES, None, msg));
+        }
+        let ts = match ts_raw {
+            None => self.now,
+            Some((t, tok)) => match self.precision.to_ms(t) {
+                Some(ms) => TsMs(ms),
+                None => {
+                    let msg = format!(
+                        "timestamp {} is out of range at precision {}",
+                        text(tok),
+                        self.precision.as_str()
+                    );
+                    return Err(fail::bad_ts(None, msg));
+                }
+            },
+        };
+        if let Err(e) = self.limits.check_ts(ts, self.now) {
+            let raw: Cow<'_, str> = match ts_raw {
+                Some((_, tok)) => text(tok),
+                None => Cow::Borrowed("now"),
+            };
+            return Err(fail::ts_fail(&raw, None, ts, &e, self.limits, self.now));
+        }
+        Ok(Reading {
+            device,
+            channel,
+            ts,
+            values,
+        })
+    }
+
+    fn device(&mut self, b: &[u8], tag: Tag) -> Result<DeviceId, Fail> {
+        let raw = tag.span.raw(b);
+        if let Some(last) = &self.last_device {
+            if !tag.span.esc && last.as_str().as_bytes() == raw {
+                return Ok(last.clone());
+            }
+        }
+        let id = DeviceId::parse(tag.span.text(b))
+            .map_err(|e| Fail::new(codes::BAD_ID, Some(tag.key), format!("tag {:?}: {e}", tag.key)))?;
+        self.last_device = Some(id.clone());
+        Ok(id)
+    }
+
+    fn channel(&mut self, b: &[u8], tag: Tag) -> Result<ChannelName, Fail> {
+        let raw = tag.span.raw(b);
+        if let Some(last) = &self.last_channel {
+            if !tag.span.esc && last.as_str().as_bytes() == raw {
+                return Ok(last.clone());
+            }
+        }
+        let ch = ChannelName::parse(tag.span.text(b))
+            .map_err(|e| Fail::new(codes::BAD_ID, Some(tag.key), format!("tag {:?}: {e}", tag.key)))?;
+        self.last_channel = Some(ch.clone());
+        Ok(ch)
+    }
+}
+
+#[cfg(test)]
+#[path = "lp_tests.rs"]
+mod tests;

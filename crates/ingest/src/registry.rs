@@ -1,0 +1,139 @@
+//! What the write and query paths need to know about sites, devices and series, kept in
+//! memory so that no request touches the database to resolve a device or a time zone.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use jiff::tz::TimeZone;
+use wattline_domain::time::parse_zone;
+use wattline_domain::{ChannelName, Device, DeviceId, SeriesId, Site, SiteId};
+
+#[derive(Debug, Clone)]
+pub struct SeriesMeta {
+    pub device: DeviceId,
+    pub channel: String,
+}
+
+#[derive(Default)]
+struct Inner {
+    sites: HashMap<SiteId, TimeZone>,
+    devices: HashMap<DeviceId, SiteId>,
+    series: HashMap<(DeviceId, String), SeriesId>,
+    series_meta: HashMap<SeriesId, SeriesMeta>,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    inner: RwLock<Inner>,
+}
+
+impl Registry {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().expect("registry poisoned")
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().expect("registry poisoned")
+    }
+
+    /// Records a site; an unknown zone name falls back to UTC with a warning, since the site
+    /// was validated when it was created and the zone database may have changed since.
+    pub fn put_site(&self, site: &Site) {
+        let tz = parse_zone(&site.timezone).unwrap_or_else(|e| {
+            tracing::warn!(site = %site.id, error = %e, "site time zone unknown; using UTC");
+            TimeZone::UTC
+        });
+        self.write().sites.insert(site.id.clone(), tz);
+    }
+
+    pub fn remove_site(&self, id: &SiteId) {
+        self.write().sites.remove(id);
+    }
+
+    pub fn put_device(&self, device: &Device) {
+        self.write()
+            .devices
+            .insert(device.id.clone(), device.site.clone());
+    }
+
+    pub fn remove_device(&self, id: &DeviceId) {
+        let mut inner = self.write();
+        inner.devices.remove(id);
+        let gone: Vec<SeriesId> = inner
+            .series_meta
+            .iter()
+            .filter(|(_, m)| &m.device == id)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in gone {
+            if let Some(m) = inner.series_meta.remove(&s) {
+                inner.series.remove(&(m.device, m.channel));
+            }
+        }
+    }
+
+    pub fn put_series(&self, id: SeriesId, device: &DeviceId, channel: &str) {
+        let mut inner = self.write();
+        inner
+            .series
+            .insert((device.clone(), channel.to_owned()), id);
+        inner.series_meta.insert(
+            id,
+            SeriesMeta {
+                device: device.clone(),
+                channel: channel.to_owned(),
+            },
+        );
+    }
+
+    pub fn device_site(&self, id: &DeviceId) -> Option<SiteId> {
+        self.read().devices.get(id).cloned()
+    }
+
+    pub fn device_exists(&self, id: &DeviceId) -> bool {
+        self.read().devices.contains_key(id)
+    }
+
+    pub fn site_zone(&self, id: &SiteId) -> TimeZone {
+        self.read().sites.get(id).cloned().unwrap_or(TimeZone::UTC)
+    }
+
+    pub fn device_zone(&self, id: &DeviceId) -> TimeZone {
+        let inner = self.read();
+        inner
+            .devices
+            .get(id)
+            .and_then(|s| inner.sites.get(s))
+            .cloned()
+            .unwrap_or(TimeZone::UTC)
+    }
+
+    pub fn series(&self, device: &DeviceId, channel: &ChannelName) -> Option<SeriesId> {
+        self.read()
+            .series
+            .get(&(device.clone(), channel.as_str().to_owned()))
+            .copied()
+    }
+
+    pub fn series_meta(&self, id: SeriesId) -> Option<SeriesMeta> {
+        self.read().series_meta.get(&id).cloned()
+    }
+
+    pub fn series_zone(&self, id: SeriesId) -> TimeZone {
+        let device = self.read().series_meta.get(&id).map(|m| m.device.clone());
+        device.map_or(TimeZone::UTC, |d| self.device_zone(&d))
+    }
+
+    /// Every series of a device as (channel, id), sorted by channel.
+    pub fn device_series(&self, id: &DeviceId) -> Vec<(String, SeriesId)> {
+        let mut out: Vec<(String, SeriesId)> = self
+            .read()
+            .series_meta
+            .iter()
+            .filter(|(_, m)| &m.device == id)
+            .map(|(s, m)| (m.channel.clone(), *s))
+            .collect();
+        out.sort();
+        out
+    }
+}
