@@ -86,7 +86,12 @@ fn main() {
             best_cpu = best_cpu.min((c1 - c0) as f64 / 1e9);
         }
         best = best.min(secs);
-        summary = Some((out.lines, out.readings.len(), out.errors.len(), out.errors.first().cloned()));
+        summary = Some((
+            out.lines,
+            out.readings.len(),
+            out.errors.len(),
+            out.errors.first().cloned(),
+        ));
     }
     let (lines, readings, errors, first_error) = summary.expect("at least one run");
     println!(

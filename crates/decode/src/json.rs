@@ -23,8 +23,13 @@ pub fn parse_json_readings(body: &[u8], now: TsMs, limits: &Limits) -> JsonOutco
         out: JsonOutcome::default(),
         default_channel: ChannelName::default_channel(),
     };
+    // Some Windows tools write a UTF-8 byte order mark; JSON parsers may ignore it (RFC 8259).
+    let body = body.strip_prefix(b"\xef\xbb\xbf").unwrap_or(body);
     let mut de = serde_json::Deserializer::from_slice(body);
-    match TopSeed(&mut ctx).deserialize(&mut de).and_then(|()| de.end()) {
+    match TopSeed(&mut ctx)
+        .deserialize(&mut de)
+        .and_then(|()| de.end())
+    {
         Ok(()) => ctx.out,
         Err(e) => JsonOutcome {
             errors: vec![LineError {
@@ -328,7 +333,15 @@ impl Ctx<'_> {
             }
         }
         self.out.lines += 1;
-        let result = self.reading(device, conflict, channel, ts, values, pending, first_unknown);
+        let result = self.reading(
+            device,
+            conflict,
+            channel,
+            ts,
+            values,
+            pending,
+            first_unknown,
+        );
         match result {
             Ok(r) => self.out.readings.push(r),
             Err(f) => self.out.errors.push(f.at("item", index)),

@@ -50,6 +50,7 @@ impl Precision {
 
     /// Converts a timestamp in this unit to unix milliseconds, truncating sub-millisecond parts
     /// toward negative infinity. `None` when seconds overflow.
+    #[inline]
     pub const fn to_ms(self, t: i64) -> Option<i64> {
         match self {
             Precision::Ns => Some(t.div_euclid(1_000_000)),
@@ -72,8 +73,8 @@ pub fn parse_line_protocol(
         precision,
         now,
         limits,
-        last_device: None,
-        last_channel: None,
+        devices: RunCache::default(),
+        channels: RunCache::default(),
         default_channel: ChannelName::default_channel(),
     };
     let mut out = LpOutcome::default();
@@ -225,6 +226,15 @@ impl Span {
     }
     fn text(&self, b: &[u8]) -> String {
         text(&self.name(b)).into_owned()
+    }
+}
+
+/// A tag value as an owned string, for the id parsers.
+#[inline]
+fn id_text(b: &[u8], span: Span) -> String {
+    match std::str::from_utf8(span.raw(b)) {
+        Ok(s) if !span.esc => s.to_owned(),
+        _ => span.text(b),
     }
 }
 
@@ -395,6 +405,23 @@ fn lex_number(b: &[u8], start: usize) -> (usize, Result<f64, NumError>) {
     (i, v.ok_or(NumError::Invalid))
 }
 
+/// The value of eight ASCII digits (the first is the most significant), or `None` when one of
+/// the bytes is no digit. SWAR: pairs, then quads, then the eight are combined with three
+/// multiplications instead of eight dependent ones.
+#[inline(always)]
+fn eight_digits(chunk: &[u8; 8]) -> Option<u64> {
+    let v = u64::from_le_bytes(*chunk);
+    let x = v.wrapping_sub(0x3030_3030_3030_3030);
+    // A byte below '0' borrows into bit 7; one above '9' reaches bit 7 when 0x46 is added.
+    if (x | v.wrapping_add(0x4646_4646_4646_4646)) & 0x8080_8080_8080_8080 != 0 {
+        return None;
+    }
+    // Byte k holds digit k (little endian: the most significant digit is the lowest byte).
+    let x = (x * 10 + (x >> 8)) & 0x00ff_00ff_00ff_00ff; // 16-bit lanes: 2-digit numbers
+    let x = (x * 100 + (x >> 16)) & 0x0000_ffff_0000_ffff; // 32-bit lanes: 4-digit numbers
+    Some((x * 10_000 + (x >> 32)) & 0xffff_ffff)
+}
+
 /// Lexes an integer `-?d+` at `b[start..]` in one pass: where it ends, and its value.
 #[inline]
 fn lex_i64(b: &[u8], start: usize) -> (usize, Result<i64, NumError>) {
@@ -402,6 +429,15 @@ fn lex_i64(b: &[u8], start: usize) -> (usize, Result<i64, NumError>) {
     let mut i = start + usize::from(neg);
     let mut v: u64 = 0;
     let digits_start = i;
+    while let Some(chunk) = b.get(i..).and_then(|r| r.first_chunk::<8>()) {
+        match eight_digits(chunk) {
+            Some(d) => {
+                v = v.wrapping_mul(100_000_000).wrapping_add(d);
+                i += 8;
+            }
+            None => break,
+        }
+    }
     while let Some(&c) = b.get(i) {
         let d = c.wrapping_sub(b'0');
         if d > 9 {
@@ -426,23 +462,45 @@ fn lex_i64(b: &[u8], start: usize) -> (usize, Result<i64, NumError>) {
     (i, r)
 }
 
+/// True when `rest` starts with `key`: a fixed-size compare the compiler inlines, where
+/// `starts_with` with keys of several lengths ends up in a `memcmp` call.
+#[inline(always)]
+fn starts_with_key<const N: usize>(rest: &[u8], key: &[u8; N]) -> bool {
+    rest.first_chunk::<N>() == Some(key)
+}
+
 /// The quantity named by the field key at the start of `rest`, and the key's length, when the
 /// key is a quantity's name followed by `=`: the common case, matched without scanning.
 #[inline]
 fn quantity_key(rest: &[u8]) -> Option<(Quantity, usize)> {
-    let (q, key): (Quantity, &[u8]) = match *rest.first()? {
-        b'v' => (Quantity::Voltage, b"voltage="),
-        b'c' => (Quantity::Current, b"current="),
-        b'p' if rest.get(5) == Some(&b'_') => (Quantity::PowerFactor, b"power_factor="),
-        b'p' => (Quantity::Power, b"power="),
-        b'e' if rest.get(6) == Some(&b'_') => (Quantity::EnergyExport, b"energy_export="),
-        b'e' => (Quantity::Energy, b"energy="),
-        b'a' => (Quantity::ApparentPower, b"apparent_power="),
-        b'r' => (Quantity::ReactivePower, b"reactive_power="),
-        b'f' => (Quantity::Frequency, b"frequency="),
+    use Quantity as Q;
+    let (q, matched, len) = match *rest.first()? {
+        b'v' => (Q::Voltage, starts_with_key(rest, b"voltage="), 7),
+        b'c' => (Q::Current, starts_with_key(rest, b"current="), 7),
+        b'p' if rest.get(5) == Some(&b'_') => {
+            (Q::PowerFactor, starts_with_key(rest, b"power_factor="), 12)
+        }
+        b'p' => (Q::Power, starts_with_key(rest, b"power="), 5),
+        b'e' if rest.get(6) == Some(&b'_') => (
+            Q::EnergyExport,
+            starts_with_key(rest, b"energy_export="),
+            13,
+        ),
+        b'e' => (Q::Energy, starts_with_key(rest, b"energy="), 6),
+        b'a' => (
+            Q::ApparentPower,
+            starts_with_key(rest, b"apparent_power="),
+            14,
+        ),
+        b'r' => (
+            Q::ReactivePower,
+            starts_with_key(rest, b"reactive_power="),
+            14,
+        ),
+        b'f' => (Q::Frequency, starts_with_key(rest, b"frequency="), 9),
         _ => return None,
     };
-    rest.starts_with(key).then_some((q, key.len() - 1))
+    matched.then_some((q, len))
 }
 
 /// True when a numeric value ending at `b[i]` is followed by what may follow a field value.
@@ -469,9 +527,8 @@ struct Parser<'l> {
     precision: Precision,
     now: TsMs,
     limits: &'l Limits,
-    /// Consecutive lines often name the same device or channel: reuse the validated id.
-    last_device: Option<DeviceId>,
-    last_channel: Option<ChannelName>,
+    devices: RunCache<DeviceId>,
+    channels: RunCache<ChannelName>,
     default_channel: ChannelName,
 }
 
@@ -492,14 +549,18 @@ impl Parser<'_> {
         let mut conflict: Option<Fail> = None;
         while i < n && b[i] == b',' {
             let rest = &b[i + 1..];
-            let (ke, kesc) = if rest.starts_with(b"device=") {
+            let (ke, kesc) = if starts_with_key(rest, b"device=") {
                 (i + 7, false)
-            } else if rest.starts_with(b"channel=") {
+            } else if starts_with_key(rest, b"channel=") {
                 (i + 8, false)
             } else {
                 scan_name(b, i + 1, &KEY_STOP)
             };
-            let key = Span { s: i + 1, e: ke, esc: kesc };
+            let key = Span {
+                s: i + 1,
+                e: ke,
+                esc: kesc,
+            };
             if key.s == key.e {
                 return Err(syntax(None, "empty tag key".into()));
             }
@@ -508,7 +569,11 @@ impl Parser<'_> {
                 return Err(syntax(Some(&k), format!("tag {k:?} has no value")));
             }
             let (ve, vesc) = scan_name(b, ke + 1, &VALUE_STOP);
-            let value = Span { s: ke + 1, e: ve, esc: vesc };
+            let value = Span {
+                s: ke + 1,
+                e: ve,
+                esc: vesc,
+            };
             if value.s == value.e {
                 let k = key.text(b);
                 return Err(syntax(Some(&k), format!("tag {k:?} has an empty value")));
@@ -539,12 +604,18 @@ impl Parser<'_> {
             }
         }
         if i >= n {
-            return Err(syntax(None, "missing fields".into()));
+            return Err(syntax(
+                None,
+                "missing fields after the measurement and tags".into(),
+            ));
         }
         // Here b[i] == b' ': the tags end at a space.
         i = skip_ws(b, i);
         if i >= n {
-            return Err(syntax(None, "missing fields".into()));
+            return Err(syntax(
+                None,
+                "missing fields after the measurement and tags".into(),
+            ));
         }
 
         // Fields.
@@ -553,11 +624,26 @@ impl Parser<'_> {
         let mut first_unknown: Option<Span> = None;
         loop {
             let (key, q) = match quantity_key(&b[i..]) {
-                Some((q, len)) => (Span { s: i, e: i + len, esc: false }, Some(q)),
+                Some((q, len)) => (
+                    Span {
+                        s: i,
+                        e: i + len,
+                        esc: false,
+                    },
+                    Some(q),
+                ),
                 None => {
                     let (ke, kesc) = scan_name(b, i, &KEY_STOP);
-                    let key = Span { s: i, e: ke, esc: kesc };
-                    let q = if kesc { None } else { fail::quantity_of(key.raw(b)) };
+                    let key = Span {
+                        s: i,
+                        e: ke,
+                        esc: kesc,
+                    };
+                    let q = if kesc {
+                        None
+                    } else {
+                        fail::quantity_of(key.raw(b))
+                    };
                     (key, q)
                 }
             };
@@ -565,7 +651,7 @@ impl Parser<'_> {
             if key.s == key.e {
                 return Err(syntax(None, "empty field key".into()));
             }
-            if ke >= n || b[ke] != b'=' || ke + 1 >= n {
+            if ke >= n || b[ke] != b'=' || at_value_end(b, ke + 1) {
                 let k = key.text(b);
                 return Err(syntax(Some(&k), format!("field {k:?} has no value")));
             }
@@ -666,7 +752,9 @@ impl Parser<'_> {
             let (mut e, r) = lex_i64(b, i);
             let valid_end = matches!(b.get(e), None | Some(b' ' | b'\t'));
             if !valid_end {
-                e = scan_token(b, i);
+                while e < n && b[e] != b' ' && b[e] != b'\t' {
+                    e += 1;
+                }
             }
             let tok = &b[i..e];
             match r {
@@ -747,29 +835,72 @@ impl Parser<'_> {
     }
 
     fn device(&mut self, b: &[u8], tag: Tag) -> Result<DeviceId, Fail> {
-        let raw = tag.span.raw(b);
-        if let Some(last) = &self.last_device {
-            if !tag.span.esc && last.as_str().as_bytes() == raw {
-                return Ok(last.clone());
-            }
-        }
-        let id = DeviceId::parse(tag.span.text(b))
-            .map_err(|e| Fail::new(codes::BAD_ID, Some(tag.key), format!("tag {:?}: {e}", tag.key)))?;
-        self.last_device = Some(id.clone());
-        Ok(id)
+        self.devices.get(b, tag.span, || {
+            DeviceId::parse(id_text(b, tag.span)).map_err(|e| {
+                Fail::new(
+                    codes::BAD_ID,
+                    Some(tag.key),
+                    format!("tag {:?}: {e}", tag.key),
+                )
+            })
+        })
     }
 
     fn channel(&mut self, b: &[u8], tag: Tag) -> Result<ChannelName, Fail> {
-        let raw = tag.span.raw(b);
-        if let Some(last) = &self.last_channel {
-            if !tag.span.esc && last.as_str().as_bytes() == raw {
-                return Ok(last.clone());
+        self.channels.get(b, tag.span, || {
+            ChannelName::parse(id_text(b, tag.span)).map_err(|e| {
+                Fail::new(
+                    codes::BAD_ID,
+                    Some(tag.key),
+                    format!("tag {:?}: {e}", tag.key),
+                )
+            })
+        })
+    }
+}
+
+/// Reuses the last validated id while consecutive lines name the same one (a meter's batch).
+/// It keeps an id only once the same tag value came twice in a row, so a batch that cycles
+/// through many devices pays for no extra copies.
+struct RunCache<T> {
+    prev_raw: Vec<u8>,
+    id: Option<T>,
+}
+
+impl<T> Default for RunCache<T> {
+    fn default() -> Self {
+        RunCache {
+            prev_raw: Vec::new(),
+            id: None,
+        }
+    }
+}
+
+impl<T: Clone + AsRef<str>> RunCache<T> {
+    #[inline]
+    fn get(
+        &mut self,
+        b: &[u8],
+        span: Span,
+        parse: impl FnOnce() -> Result<T, Fail>,
+    ) -> Result<T, Fail> {
+        let raw = span.raw(b);
+        if span.esc {
+            return parse();
+        }
+        if let Some(id) = &self.id {
+            if id.as_ref().as_bytes() == raw {
+                return Ok(id.clone());
             }
         }
-        let ch = ChannelName::parse(tag.span.text(b))
-            .map_err(|e| Fail::new(codes::BAD_ID, Some(tag.key), format!("tag {:?}: {e}", tag.key)))?;
-        self.last_channel = Some(ch.clone());
-        Ok(ch)
+        let id = parse()?;
+        if self.prev_raw == raw {
+            self.id = Some(id.clone());
+        } else {
+            self.prev_raw.clear();
+            self.prev_raw.extend_from_slice(raw);
+        }
+        Ok(id)
     }
 }
 

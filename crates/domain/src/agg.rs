@@ -125,7 +125,11 @@ mod tests {
     fn agg_of(points: &[(i64, f64)]) -> Agg {
         let mut a = Agg::default();
         for &(ts, p) in points {
-            a.add(TsMs(ts), &Values::new().with(Quantity::Power, p), &EnergyDelta::default());
+            a.add(
+                TsMs(ts),
+                &Values::new().with(Quantity::Power, p),
+                &EnergyDelta::default(),
+            );
         }
         a
     }

@@ -229,12 +229,18 @@ mod tests {
 
     #[test]
     fn counter_increase_counts() {
-        assert_eq!(counter_step((t(0), 10.0), (t(60), 10.5), &cfg()), CounterStep::Increase(0.5));
+        assert_eq!(
+            counter_step((t(0), 10.0), (t(60), 10.5), &cfg()),
+            CounterStep::Increase(0.5)
+        );
     }
 
     #[test]
     fn reset_to_zero_counts_from_zero() {
-        assert_eq!(counter_step((t(0), 5230.2), (t(60), 0.3), &cfg()), CounterStep::Reset(0.3));
+        assert_eq!(
+            counter_step((t(0), 5230.2), (t(60), 0.3), &cfg()),
+            CounterStep::Reset(0.3)
+        );
     }
 
     #[test]
@@ -248,7 +254,10 @@ mod tests {
     #[test]
     fn replacement_meter_is_a_discontinuity_not_a_spike() {
         // New meter starts at 812 kWh one minute later: neither a reset nor plausible use.
-        assert_eq!(counter_step((t(0), 5230.2), (t(60), 812.0), &cfg()), CounterStep::Discontinuity);
+        assert_eq!(
+            counter_step((t(0), 5230.2), (t(60), 812.0), &cfg()),
+            CounterStep::Discontinuity
+        );
         // And a jump up by 50 MWh in a minute is not consumption either.
         assert_eq!(
             counter_step((t(0), 5230.2), (t(60), 55_230.2), &cfg()),
@@ -269,7 +278,11 @@ mod tests {
     #[test]
     fn discontinuity_falls_back_to_power() {
         let mut st = EnergyState::default();
-        let v = |e: f64, p: f64| Values::new().with(Quantity::Energy, e).with(Quantity::Power, p);
+        let v = |e: f64, p: f64| {
+            Values::new()
+                .with(Quantity::Energy, e)
+                .with(Quantity::Power, p)
+        };
         st.observe(t(0), &v(5000.0, 1200.0), &cfg());
         let d = st.observe(t(60), &v(900.0, 1200.0), &cfg());
         assert_eq!(d.counter_event, Some(CounterEvent::Discontinuity));

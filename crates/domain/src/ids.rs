@@ -134,10 +134,19 @@ mod tests {
         assert!(DeviceId::parse("shelly:em.1_a").is_ok());
         assert_eq!(
             DeviceId::parse("a/b").unwrap_err(),
-            IdError::BadChar { kind: "device id", found: '/' }
+            IdError::BadChar {
+                kind: "device id",
+                found: '/'
+            }
         );
-        assert_eq!(DeviceId::parse("").unwrap_err(), IdError::Empty { kind: "device id" });
-        assert!(matches!(DeviceId::parse("x".repeat(65)), Err(IdError::TooLong { .. })));
+        assert_eq!(
+            DeviceId::parse("").unwrap_err(),
+            IdError::Empty { kind: "device id" }
+        );
+        assert!(matches!(
+            DeviceId::parse("x".repeat(65)),
+            Err(IdError::TooLong { .. })
+        ));
     }
 
     #[test]

@@ -149,7 +149,9 @@ mod tests {
 
     #[test]
     fn values_track_presence() {
-        let v = Values::new().with(Quantity::Power, 0.0).with(Quantity::Energy, 12.5);
+        let v = Values::new()
+            .with(Quantity::Power, 0.0)
+            .with(Quantity::Energy, 12.5);
         assert_eq!(v.get(Quantity::Power), Some(0.0));
         assert_eq!(v.get(Quantity::Voltage), None);
         assert_eq!(v.iter().count(), 2);

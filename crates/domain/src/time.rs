@@ -154,7 +154,11 @@ pub fn next_local_day(day_start: TsMs, tz: &TimeZone) -> TsMs {
 
 /// Start of the local month holding `ts`, and of the month after it.
 pub fn local_month(ts: TsMs, tz: &TimeZone) -> (TsMs, TsMs) {
-    let date = ts.to_timestamp().to_zoned(tz.clone()).date().first_of_month();
+    let date = ts
+        .to_timestamp()
+        .to_zoned(tz.clone())
+        .date()
+        .first_of_month();
     let start = date
         .to_zoned(tz.clone())
         .map(|z| TsMs::from_timestamp(z.timestamp()))

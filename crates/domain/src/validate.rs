@@ -123,18 +123,32 @@ mod tests {
     fn refuses_what_no_meter_reports() {
         let l = Limits::default();
         let now = TsMs(1_767_632_400_000);
-        let ok = Values::new().with(Quantity::Voltage, 230.0).with(Quantity::PowerFactor, 0.97);
+        let ok = Values::new()
+            .with(Quantity::Voltage, 230.0)
+            .with(Quantity::PowerFactor, 0.97);
         assert!(l.check(now, &ok, now).is_ok());
         let neg_v = Values::new().with(Quantity::Voltage, -1.0);
-        assert_eq!(l.check(now, &neg_v, now).unwrap_err().code(), "out_of_range");
+        assert_eq!(
+            l.check(now, &neg_v, now).unwrap_err().code(),
+            "out_of_range"
+        );
         let pf = Values::new().with(Quantity::PowerFactor, 1.2);
         let err = l.check(now, &pf, now).unwrap_err();
         assert!(err.to_string().contains("power_factor = 1.2"), "{err}");
         let nan = Values::new().with(Quantity::Power, f64::NAN);
         assert_eq!(l.check(now, &nan, now).unwrap_err().code(), "not_finite");
-        assert_eq!(l.check(TsMs(0), &ok, now).unwrap_err().code(), "timestamp_too_old");
+        assert_eq!(
+            l.check(TsMs(0), &ok, now).unwrap_err().code(),
+            "timestamp_too_old"
+        );
         let ahead = TsMs(now.0 + TsMs::DAY + 1);
-        assert_eq!(l.check(ahead, &ok, now).unwrap_err().code(), "timestamp_in_future");
-        assert_eq!(l.check(now, &Values::new(), now).unwrap_err().code(), "no_values");
+        assert_eq!(
+            l.check(ahead, &ok, now).unwrap_err().code(),
+            "timestamp_in_future"
+        );
+        assert_eq!(
+            l.check(now, &Values::new(), now).unwrap_err().code(),
+            "no_values"
+        );
     }
 }

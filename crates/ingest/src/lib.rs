@@ -24,9 +24,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, RwLock, Semaphore};
 use tokio::task::JoinHandle;
 use wattline_domain::energy::{EnergyConfig, EnergyState};
 use wattline_domain::{Agg, BucketTier, Point, Reading, SeriesId, TsMs};
-use wattline_storage::{
-    DynStore, Retention, RollupRow, RollupWrite, SeriesPoints, StoreError,
-};
+use wattline_storage::{DynStore, Retention, RollupRow, RollupWrite, SeriesPoints, StoreError};
 
 pub use metrics::Metrics;
 pub use registry::Registry;
@@ -128,7 +126,10 @@ pub struct EngineTasks {
 impl Engine {
     /// Loads sites, devices and series, repairs rollups after an unclean stop, and starts the
     /// writer and the background upkeep.
-    pub async fn start(store: DynStore, config: EngineConfig) -> Result<(Engine, EngineTasks), EngineError> {
+    pub async fn start(
+        store: DynStore,
+        config: EngineConfig,
+    ) -> Result<(Engine, EngineTasks), EngineError> {
         let shared = Arc::new(Shared {
             store: store.clone(),
             queue_space: Arc::new(Semaphore::new(config.max_queued_readings)),
@@ -149,7 +150,8 @@ impl Engine {
         for s in &series {
             shared.registry.put_series(s.id, &s.device, &s.channel);
         }
-        *shared.latest.write().expect("latest poisoned") = store.latest().await?.into_iter().collect();
+        *shared.latest.write().expect("latest poisoned") =
+            store.latest().await?.into_iter().collect();
         let mut live = HashMap::new();
         let mut replayed = 0usize;
         for s in &series {
@@ -158,7 +160,10 @@ impl Engine {
             replayed += n;
         }
         if replayed > 0 {
-            tracing::info!(readings = replayed, "re-aggregated readings stored after the last rollup flush");
+            tracing::info!(
+                readings = replayed,
+                "re-aggregated readings stored after the last rollup flush"
+            );
         }
         flush_rollups(&shared).await?;
 
@@ -167,8 +172,16 @@ impl Engine {
         let (stop_background, stop_rx) = oneshot::channel();
         let background = tokio::spawn(background_loop(shared.clone(), stop_rx));
         Ok((
-            Engine { shared: shared.clone(), requests },
-            EngineTasks { writer, background, stop_background, shared },
+            Engine {
+                shared: shared.clone(),
+                requests,
+            },
+            EngineTasks {
+                writer,
+                background,
+                stop_background,
+                shared,
+            },
         ))
     }
 
@@ -193,7 +206,10 @@ impl Engine {
         if readings.is_empty() {
             return Ok(0);
         }
-        if let Some(r) = readings.iter().find(|r| !self.shared.registry.device_exists(&r.device)) {
+        if let Some(r) = readings
+            .iter()
+            .find(|r| !self.shared.registry.device_exists(&r.device))
+        {
             return Err(EngineError::UnknownDevice(r.device.to_string()));
         }
         let arrived = Instant::now();
@@ -205,10 +221,18 @@ impl Engine {
         .await
         .map_err(|_| EngineError::Overloaded(self.shared.config.queue_timeout))?
         .map_err(|_| EngineError::ShuttingDown)?;
-        self.shared.metrics.queue_depth.fetch_add(readings.len() as u64, Relaxed);
+        self.shared
+            .metrics
+            .queue_depth
+            .fetch_add(readings.len() as u64, Relaxed);
         let (done, rx) = oneshot::channel();
         self.requests
-            .send(WriteRequest { readings, arrived, done, _permit: permit })
+            .send(WriteRequest {
+                readings,
+                arrived,
+                done,
+                _permit: permit,
+            })
             .map_err(|_| EngineError::ShuttingDown)?;
         rx.await.map_err(|_| EngineError::ShuttingDown)?
     }
@@ -227,7 +251,11 @@ impl Engine {
         to: TsMs,
     ) -> Result<Vec<RollupRow>, EngineError> {
         let _gate = self.shared.flush_gate.read().await;
-        let mut rows = self.shared.store.read_rollups(tier, series, from, to).await?;
+        let mut rows = self
+            .shared
+            .store
+            .read_rollups(tier, series, from, to)
+            .await?;
         self.shared
             .pending
             .lock()
@@ -242,7 +270,12 @@ impl Engine {
     }
 
     pub fn latest_of(&self, series: SeriesId) -> Option<Point> {
-        self.shared.latest.read().expect("latest poisoned").get(&series).copied()
+        self.shared
+            .latest
+            .read()
+            .expect("latest poisoned")
+            .get(&series)
+            .copied()
     }
 
     /// Forgets a deleted device's series everywhere in memory.
@@ -287,7 +320,10 @@ async fn replay_series(
 ) -> Result<(EnergyState, usize), EngineError> {
     let after = watermark.map_or(TsMs(i64::MIN), |w| TsMs(w.0.saturating_add(1)));
     let mut state = state_before(shared, series, after).await?;
-    let points = shared.store.read_raw(series, after, TsMs(i64::MAX), usize::MAX).await?;
+    let points = shared
+        .store
+        .read_raw(series, after, TsMs(i64::MAX), usize::MAX)
+        .await?;
     if points.is_empty() {
         return Ok((state, 0));
     }
@@ -297,12 +333,23 @@ async fn replay_series(
         let d = state.observe(p.ts, &p.values, &shared.config.energy);
         sp.add(p, &d, &tz);
     }
-    shared.pending.lock().expect("pending poisoned").series.entry(series).or_default().merge(sp);
+    shared
+        .pending
+        .lock()
+        .expect("pending poisoned")
+        .series
+        .entry(series)
+        .or_default()
+        .merge(sp);
     Ok((state, points.len()))
 }
 
 /// The energy state as it was just before `ts`, from the stored readings before it.
-async fn state_before(shared: &Shared, series: SeriesId, ts: TsMs) -> Result<EnergyState, EngineError> {
+async fn state_before(
+    shared: &Shared,
+    series: SeriesId,
+    ts: TsMs,
+) -> Result<EnergyState, EngineError> {
     const LOOKBACK: usize = 20_000;
     let mut state = EnergyState::default();
     for p in shared.store.read_raw_before(series, ts, LOOKBACK).await? {
@@ -327,7 +374,11 @@ async fn flush_rollups(shared: &Shared) -> Result<(), EngineError> {
         }
         Err(e) => {
             // Put them back so the next flush tries again; nothing is lost meanwhile.
-            shared.pending.lock().expect("pending poisoned").merge(taken);
+            shared
+                .pending
+                .lock()
+                .expect("pending poisoned")
+                .merge(taken);
             shared.metrics.storage_errors.fetch_add(1, Relaxed);
             Err(e.into())
         }
@@ -388,7 +439,11 @@ async fn writer_loop(
 }
 
 /// One group commit: resolve series, store, update live state, answer every request.
-async fn commit_group(shared: &Shared, live: &mut HashMap<SeriesId, SeriesLive>, group: Vec<WriteRequest>) {
+async fn commit_group(
+    shared: &Shared,
+    live: &mut HashMap<SeriesId, SeriesLive>,
+    group: Vec<WriteRequest>,
+) {
     let total: usize = group.iter().map(|r| r.readings.len()).sum();
     let mut accepted = Vec::with_capacity(group.len());
     let mut by_series: HashMap<SeriesId, Vec<Point>> = HashMap::new();
@@ -416,8 +471,13 @@ async fn commit_group(shared: &Shared, live: &mut HashMap<SeriesId, SeriesLive>,
         let n = req.readings.len();
         let reply = match &result {
             Ok(()) => {
-                shared.metrics.readings_accepted.fetch_add(n as u64, Relaxed);
-                shared.metrics.observe_write_latency(req.arrived.elapsed().as_secs_f64());
+                shared
+                    .metrics
+                    .readings_accepted
+                    .fetch_add(n as u64, Relaxed);
+                shared
+                    .metrics
+                    .observe_write_latency(req.arrived.elapsed().as_secs_f64());
                 Ok(n)
             }
             Err(e) => {
@@ -439,7 +499,10 @@ async fn series_for(shared: &Shared, r: &Reading) -> Result<SeriesId, EngineErro
     if !shared.registry.device_exists(&r.device) {
         return Err(EngineError::UnknownDevice(r.device.to_string()));
     }
-    let s = shared.store.series_id(&r.device, r.channel.as_str()).await?;
+    let s = shared
+        .store
+        .series_id(&r.device, r.channel.as_str())
+        .await?;
     shared.registry.put_series(s, &r.device, r.channel.as_str());
     Ok(s)
 }
@@ -465,7 +528,10 @@ async fn store_points(
                 late.push((series, points[..split].to_vec()));
             }
             if !newer.is_empty() {
-                fresh.push(SeriesPoints { series, points: newer });
+                fresh.push(SeriesPoints {
+                    series,
+                    points: newer,
+                });
             }
         }
     }
@@ -477,7 +543,10 @@ async fn store_points(
             shared.store.upsert(*series, points).await?;
             let ts: Vec<TsMs> = points.iter().map(|p| p.ts).collect();
             recompute(shared, *series, &ts).await?;
-            shared.metrics.readings_late.fetch_add(points.len() as u64, Relaxed);
+            shared
+                .metrics
+                .readings_late
+                .fetch_add(points.len() as u64, Relaxed);
         }
     }
 
@@ -500,7 +569,11 @@ async fn store_points(
         }
     }
     shared.metrics.counter_events.fetch_add(events, Relaxed);
-    shared.pending.lock().expect("pending poisoned").merge(pending_update);
+    shared
+        .pending
+        .lock()
+        .expect("pending poisoned")
+        .merge(pending_update);
     let mut latest = shared.latest.write().expect("latest poisoned");
     for sp in fresh {
         if let Some(last) = sp.points.last() {
@@ -530,31 +603,51 @@ async fn recompute(shared: &Shared, series: SeriesId, late: &[TsMs]) -> Result<(
     let (Some(min), Some(max)) = (late.iter().min(), late.iter().max()) else {
         return Ok(());
     };
-    let next = store.read_raw(series, TsMs(max.0 + 1), TsMs(i64::MAX), 1).await?;
+    let next = store
+        .read_raw(series, TsMs(max.0 + 1), TsMs(i64::MAX), 1)
+        .await?;
     let region_start = min.minute_start();
     let region_end = TsMs(next.first().map_or(*max, |p| p.ts).minute_start().0 + TsMs::MINUTE);
 
     let mut state = state_before(shared, series, region_start).await?;
-    let points = store.read_raw(series, region_start, region_end, usize::MAX).await?;
+    let points = store
+        .read_raw(series, region_start, region_end, usize::MAX)
+        .await?;
     let mut minutes: std::collections::BTreeMap<TsMs, Agg> = Default::default();
     for p in &points {
         let d = state.observe(p.ts, &p.values, &shared.config.energy);
-        minutes.entry(p.ts.minute_start()).or_default().add(p.ts, &p.values, &d);
+        minutes
+            .entry(p.ts.minute_start())
+            .or_default()
+            .add(p.ts, &p.values, &d);
     }
     let minute_rows: Vec<(BucketTier, RollupRow)> = minutes
         .into_iter()
-        .map(|(bucket, agg)| (BucketTier::Minute, RollupRow { series, bucket, agg }))
+        .map(|(bucket, agg)| {
+            (
+                BucketTier::Minute,
+                RollupRow {
+                    series,
+                    bucket,
+                    agg,
+                },
+            )
+        })
         .collect();
     let touched: BTreeSet<TsMs> = minute_rows.iter().map(|(_, r)| r.bucket).collect();
     store
-        .write_rollups(&RollupWrite { replace: minute_rows, ..Default::default() })
+        .write_rollups(&RollupWrite {
+            replace: minute_rows,
+            ..Default::default()
+        })
         .await?;
 
     // Coarser tiers are rebuilt from the tier below, bucket by bucket.
     let tz = shared.registry.series_zone(series);
     let mut below = (BucketTier::Minute, touched);
     for tier in [BucketTier::Hour, BucketTier::Day] {
-        let buckets: BTreeSet<(TsMs, TsMs)> = below.1.iter().map(|b| tier.bucket(*b, &tz)).collect();
+        let buckets: BTreeSet<(TsMs, TsMs)> =
+            below.1.iter().map(|b| tier.bucket(*b, &tz)).collect();
         let mut rows = Vec::new();
         for (start, end) in &buckets {
             let parts = store.read_rollups(below.0, series, *start, *end).await?;
@@ -562,9 +655,21 @@ async fn recompute(shared: &Shared, series: SeriesId, late: &[TsMs]) -> Result<(
             for p in &parts {
                 agg.merge(&p.agg);
             }
-            rows.push((tier, RollupRow { series, bucket: *start, agg }));
+            rows.push((
+                tier,
+                RollupRow {
+                    series,
+                    bucket: *start,
+                    agg,
+                },
+            ));
         }
-        store.write_rollups(&RollupWrite { replace: rows, ..Default::default() }).await?;
+        store
+            .write_rollups(&RollupWrite {
+                replace: rows,
+                ..Default::default()
+            })
+            .await?;
         below = (tier, buckets.into_iter().map(|b| b.0).collect());
     }
     Ok(())
@@ -576,7 +681,10 @@ mod tests {
     use wattline_domain::{Quantity, Values};
 
     fn pt(ts: i64, p: f64) -> Point {
-        Point { ts: TsMs(ts), values: Values::new().with(Quantity::Power, p) }
+        Point {
+            ts: TsMs(ts),
+            values: Values::new().with(Quantity::Power, p),
+        }
     }
 
     #[test]

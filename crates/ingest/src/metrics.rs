@@ -58,7 +58,10 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
         };
         counter(
             &mut out,
@@ -102,7 +105,10 @@ impl Metrics {
              # TYPE wattline_readings_rejected_total counter"
         );
         for (code, n) in self.rejected.lock().expect("metrics poisoned").iter() {
-            let _ = writeln!(out, "wattline_readings_rejected_total{{reason=\"{code}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "wattline_readings_rejected_total{{reason=\"{code}\"}} {n}"
+            );
         }
         let _ = writeln!(
             out,
@@ -118,7 +124,10 @@ impl Metrics {
         let mut cumulative = 0;
         for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
             cumulative += self.latency_counts[i].load(Relaxed);
-            let _ = writeln!(out, "wattline_write_latency_seconds_bucket{{le=\"{b}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "wattline_write_latency_seconds_bucket{{le=\"{b}\"}} {cumulative}"
+            );
         }
         cumulative += self.latency_counts[LATENCY_BUCKETS.len()].load(Relaxed);
         let _ = writeln!(

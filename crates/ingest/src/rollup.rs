@@ -32,7 +32,12 @@ fn tier_index(tier: BucketTier) -> usize {
     }
 }
 
-fn cached_bucket(cache: &mut Option<(TsMs, TsMs)>, tier: BucketTier, ts: TsMs, tz: &TimeZone) -> TsMs {
+fn cached_bucket(
+    cache: &mut Option<(TsMs, TsMs)>,
+    tier: BucketTier,
+    ts: TsMs,
+    tz: &TimeZone,
+) -> TsMs {
     match *cache {
         Some((start, end)) if ts >= start && ts < end => start,
         _ => {
@@ -109,7 +114,14 @@ impl Pending {
     }
 
     /// Lays the pending buckets of one series in `[from, to)` over rows read from storage.
-    pub fn overlay(&self, tier: BucketTier, series: SeriesId, from: TsMs, to: TsMs, rows: &mut Vec<RollupRow>) {
+    pub fn overlay(
+        &self,
+        tier: BucketTier,
+        series: SeriesId,
+        from: TsMs,
+        to: TsMs,
+        rows: &mut Vec<RollupRow>,
+    ) {
         let Some(p) = self.series.get(&series) else {
             return;
         };
@@ -117,11 +129,16 @@ impl Pending {
         if pending.range(from..to).next().is_none() {
             return;
         }
-        let mut by_bucket: BTreeMap<TsMs, Agg> = rows.drain(..).map(|r| (r.bucket, r.agg)).collect();
+        let mut by_bucket: BTreeMap<TsMs, Agg> =
+            rows.drain(..).map(|r| (r.bucket, r.agg)).collect();
         for (bucket, agg) in pending.range(from..to) {
             by_bucket.entry(*bucket).or_default().merge(agg);
         }
-        rows.extend(by_bucket.into_iter().map(|(bucket, agg)| RollupRow { series, bucket, agg }));
+        rows.extend(by_bucket.into_iter().map(|(bucket, agg)| RollupRow {
+            series,
+            bucket,
+            agg,
+        }));
     }
 }
 
@@ -145,15 +162,33 @@ mod tests {
         assert_eq!(p.tiers[0].len(), 2, "two minutes");
         assert_eq!(p.tiers[1].keys().next(), Some(&t0), "local hour 18:00");
         let day = *p.tiers[2].keys().next().unwrap();
-        assert_eq!(day, TsMs(t0.0 - 18 * TsMs::HOUR), "local midnight is 23:00 UTC");
+        assert_eq!(
+            day,
+            TsMs(t0.0 - 18 * TsMs::HOUR),
+            "local midnight is 23:00 UTC"
+        );
 
         let series = SeriesId(1);
         let mut pending = Pending::default();
         pending.series.insert(series, p);
         let mut stored = Agg::default();
-        stored.add(TsMs(t0.0 - 1), &Values::new().with(Quantity::Power, 400.0), &EnergyDelta::default());
-        let mut rows = vec![RollupRow { series, bucket: t0, agg: stored }];
-        pending.overlay(BucketTier::Hour, series, t0, TsMs(t0.0 + TsMs::HOUR), &mut rows);
+        stored.add(
+            TsMs(t0.0 - 1),
+            &Values::new().with(Quantity::Power, 400.0),
+            &EnergyDelta::default(),
+        );
+        let mut rows = vec![RollupRow {
+            series,
+            bucket: t0,
+            agg: stored,
+        }];
+        pending.overlay(
+            BucketTier::Hour,
+            series,
+            t0,
+            TsMs(t0.0 + TsMs::HOUR),
+            &mut rows,
+        );
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].agg.stat(Quantity::Power).n, 121);
         assert_eq!(rows[0].agg.stat(Quantity::Power).max, 400.0);

@@ -1,9 +1,12 @@
-/// Storage failures. `Conflict` and `NotFound` are the caller's to handle; the others mean the
+/// Storage failures. `Conflict`, `InUse` and `Invalid` are the caller's to handle; the others mean the
 /// backend is unwell and are reported as server errors.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{0} already exists")]
     Conflict(String),
+    /// The object is still referenced (a site with devices) and cannot be deleted.
+    #[error("{0}")]
+    InUse(String),
     #[error("{0}")]
     Invalid(String),
     #[error("sqlite: {0}")]

@@ -76,11 +76,20 @@ pub trait Store: Send + Sync + 'static {
     /// the given timestamps, as now stored.
     async fn upsert(&self, series: SeriesId, points: &[Point]) -> Result<Vec<Point>>;
     /// Points with `from <= ts < to`, ascending, at most `limit`.
-    async fn read_raw(&self, series: SeriesId, from: TsMs, to: TsMs, limit: usize)
-        -> Result<Vec<Point>>;
+    async fn read_raw(
+        &self,
+        series: SeriesId,
+        from: TsMs,
+        to: TsMs,
+        limit: usize,
+    ) -> Result<Vec<Point>>;
     /// Points with `ts < before`, newest first, at most `limit`.
-    async fn read_raw_before(&self, series: SeriesId, before: TsMs, limit: usize)
-        -> Result<Vec<Point>>;
+    async fn read_raw_before(
+        &self,
+        series: SeriesId,
+        before: TsMs,
+        limit: usize,
+    ) -> Result<Vec<Point>>;
     /// The newest point of every series that has one.
     async fn latest(&self) -> Result<Vec<(SeriesId, Point)>>;
 
@@ -88,8 +97,13 @@ pub trait Store: Send + Sync + 'static {
     /// Applies rollup changes and watermarks in one transaction.
     async fn write_rollups(&self, write: &RollupWrite) -> Result<()>;
     /// Rollup rows of one series with `from <= bucket < to`, ascending.
-    async fn read_rollups(&self, tier: BucketTier, series: SeriesId, from: TsMs, to: TsMs)
-        -> Result<Vec<RollupRow>>;
+    async fn read_rollups(
+        &self,
+        tier: BucketTier,
+        series: SeriesId,
+        from: TsMs,
+        to: TsMs,
+    ) -> Result<Vec<RollupRow>>;
 
     // ---- upkeep
     /// Backend housekeeping that keeps storage compact and fast (chunk compaction, partition

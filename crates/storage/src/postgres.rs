@@ -30,8 +30,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 use wattline_domain::{
-    Agg, BucketTier, Device, DeviceId, Point, QStat, Quantity, SeriesId, Site, SiteId, TsMs,
-    Values,
+    Agg, BucketTier, Device, DeviceId, Point, QStat, Quantity, SeriesId, Site, SiteId, TsMs, Values,
 };
 
 use crate::schema::{rollup_table, stat_columns};
@@ -291,7 +290,10 @@ impl PgStore {
             let tx = client.transaction().await?;
             lock(&tx, LOCK_MIGRATIONS).await?;
             let applied = tx
-                .query_opt("SELECT 1 FROM schema_migrations WHERE version = $1", &[&version])
+                .query_opt(
+                    "SELECT 1 FROM schema_migrations WHERE version = $1",
+                    &[&version],
+                )
                 .await?
                 .is_some();
             if applied {
@@ -319,7 +321,11 @@ impl PgStore {
     ) -> Result<u64> {
         let missing: Vec<MonthKey> = {
             let known = self.months.lock().unwrap();
-            months.iter().copied().filter(|m| !known.contains(m)).collect()
+            months
+                .iter()
+                .copied()
+                .filter(|m| !known.contains(m))
+                .collect()
         };
         if missing.is_empty() {
             return Ok(0);
@@ -393,7 +399,10 @@ impl PgStore {
         unreachable!("the second attempt returns")
     }
 
-    async fn readings_partitions(&self, client: &impl GenericClient) -> Result<Vec<(MonthKey, String)>> {
+    async fn readings_partitions(
+        &self,
+        client: &impl GenericClient,
+    ) -> Result<Vec<(MonthKey, String)>> {
         let rows = client
             .query(
                 "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
@@ -453,7 +462,10 @@ impl Store for PgStore {
     async fn list_sites(&self) -> Result<Vec<Site>> {
         let client = self.client().await?;
         let rows = client
-            .query("SELECT id, name, timezone, created_at FROM sites ORDER BY id", &[])
+            .query(
+                "SELECT id, name, timezone, created_at FROM sites ORDER BY id",
+                &[],
+            )
             .await?;
         rows.iter().map(site_from_row).collect()
     }
@@ -477,9 +489,9 @@ impl Store for PgStore {
             .await
         {
             Ok(n) => Ok(n > 0),
-            Err(e) if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => Err(
-                StoreError::Conflict(format!("a device of site {id} (delete its devices first)")),
-            ),
+            Err(e) if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => Err(StoreError::InUse(
+                format!("site {id} still has devices; delete or move them first"),
+            )),
             Err(e) => Err(e.into()),
         }
     }
@@ -568,14 +580,20 @@ impl Store for PgStore {
         let tx = client.transaction().await?;
         // Lock the device row first so a concurrent series_id() can't add a series midway.
         let found = tx
-            .query_opt("SELECT 1 FROM devices WHERE id = $1 FOR UPDATE", &[&id.as_str()])
+            .query_opt(
+                "SELECT 1 FROM devices WHERE id = $1 FOR UPDATE",
+                &[&id.as_str()],
+            )
             .await?
             .is_some();
         if !found {
             return Ok(false);
         }
         let ids: Vec<i64> = tx
-            .query("SELECT id FROM series WHERE device_id = $1", &[&id.as_str()])
+            .query(
+                "SELECT id FROM series WHERE device_id = $1",
+                &[&id.as_str()],
+            )
             .await?
             .iter()
             .map(|r| r.get(0))
@@ -585,7 +603,10 @@ impl Store for PgStore {
                 .await?;
             for tier in BucketTier::ROLLUPS {
                 tx.execute(
-                    &format!("DELETE FROM {} WHERE series_id = ANY($1)", rollup_table(tier)),
+                    &format!(
+                        "DELETE FROM {} WHERE series_id = ANY($1)",
+                        rollup_table(tier)
+                    ),
                     &[&ids],
                 )
                 .await?;
@@ -601,7 +622,10 @@ impl Store for PgStore {
     async fn device_by_token(&self, token_hash: &str) -> Result<Option<DeviceId>> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT id FROM devices WHERE token_hash = $1", &[&token_hash])
+            .query_opt(
+                "SELECT id FROM devices WHERE token_hash = $1",
+                &[&token_hash],
+            )
             .await?;
         row.map(|r| parse_id(DeviceId::parse(r.get::<_, String>(0))))
             .transpose()
@@ -902,13 +926,14 @@ impl Store for PgStore {
     /// of the partition); older rows of the partition straddling the cutoff are deleted.
     /// Rollups: rows with `bucket < cutoff` are deleted. Returns the rows removed.
     async fn apply_retention(&self, policy: &Retention, now: TsMs) -> Result<u64> {
-        let cutoff = |days: u32| {
-            TsMs(clamp_ts(TsMs(now.0.saturating_sub(i64::from(days) * TsMs::DAY))).0)
-        };
+        let cutoff =
+            |days: u32| TsMs(clamp_ts(TsMs(now.0.saturating_sub(i64::from(days) * TsMs::DAY))).0);
         let mut removed = 0u64;
         let mut client = self.client().await?;
         if let Some(days) = policy.raw_days {
             let cut = cutoff(days);
+            // Count first, then drop: dropping a partition locks `readings` exclusively until
+            // commit, so that transaction holds nothing slow.
             let tx = client.transaction().await?;
             lock(&tx, LOCK_PARTITIONS).await?;
             let mut dropped = Vec::new();
@@ -918,17 +943,24 @@ impl Store for PgStore {
                         .query_one(&format!("SELECT count(*) FROM {name}"), &[])
                         .await?
                         .get(0);
-                    tx.batch_execute(&format!("DROP TABLE {name}")).await?;
                     removed += n as u64;
-                    dropped.push(m);
+                    dropped.push((m, name));
                 }
             }
-            removed += tx
+            for (_, name) in &dropped {
+                tx.batch_execute(&format!("DROP TABLE {name}")).await?;
+            }
+            tx.commit().await?;
+            let dropped: Vec<MonthKey> = dropped.into_iter().map(|d| d.0).collect();
+            // The partition straddling the cutoff (and any older month that isn't ours).
+            removed += client
                 .execute("DELETE FROM readings WHERE ts < $1", &[&to_sys(cut)])
                 .await?;
-            tx.commit().await?;
             if !dropped.is_empty() {
-                tracing::info!(partitions = dropped.len(), "dropped old readings partitions");
+                tracing::info!(
+                    partitions = dropped.len(),
+                    "dropped old readings partitions"
+                );
                 let mut known = self.months.lock().unwrap();
                 for m in dropped {
                     known.remove(&m);
@@ -1135,7 +1167,9 @@ struct RawCols {
 
 impl RawCols {
     fn new(rows: &[(i64, Point)]) -> RawCols {
-        let mut values = vec![Vec::with_capacity(rows.len()); Quantity::COUNT];
+        let mut values: Vec<Vec<Option<f64>>> = (0..Quantity::COUNT)
+            .map(|_| Vec::with_capacity(rows.len()))
+            .collect();
         for (_, p) in rows {
             for (q, col) in Quantity::ALL.iter().zip(values.iter_mut()) {
                 col.push(p.values.get(*q));
@@ -1175,7 +1209,9 @@ impl RollupCols {
             last_ts: Vec::with_capacity(len),
             import: Vec::with_capacity(len),
             export: Vec::with_capacity(len),
-            n: vec![Vec::with_capacity(len); Quantity::COUNT],
+            n: (0..Quantity::COUNT)
+                .map(|_| Vec::with_capacity(len))
+                .collect(),
             stats: (0..Quantity::COUNT)
                 .map(|_| std::array::from_fn(|_| Vec::with_capacity(len)))
                 .collect(),
@@ -1351,7 +1387,7 @@ fn device_write_err(e: tokio_postgres::Error, device: &Device) -> StoreError {
 
 async fn lock(tx: &impl GenericClient, key: i32) -> Result<()> {
     tx.execute(
-        "SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))",
+        "SELECT pg_advisory_xact_lock($1, hashtext(COALESCE(current_schema(), '')))",
         &[&key],
     )
     .await?;
@@ -1452,7 +1488,11 @@ fn month_start_ms(m: MonthKey) -> i64 {
 }
 
 fn partition_name(m: MonthKey) -> String {
-    format!("readings_y{:04}m{:02}", m.div_euclid(12), m.rem_euclid(12) + 1)
+    format!(
+        "readings_y{:04}m{:02}",
+        m.div_euclid(12),
+        m.rem_euclid(12) + 1
+    )
 }
 
 fn parse_partition_name(name: &str) -> Option<MonthKey> {
@@ -1493,8 +1533,7 @@ fn check_schema_name(s: &str) -> Result<()> {
     let ok = !s.is_empty()
         && s.len() <= 63
         && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && !s.starts_with("pg_");
     if ok {
@@ -1552,7 +1591,10 @@ pub(crate) async fn test_pg_store() -> Option<PgStore> {
 #[cfg(test)]
 async fn test_pg_store_at(url: String, in_ci: bool) -> Option<PgStore> {
     // Reachability first, so a broken migration fails loudly instead of being skipped.
-    let reach = tokio::time::timeout(Duration::from_secs(10), tokio_postgres::connect(&url, NoTls));
+    let reach = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_postgres::connect(&url, NoTls),
+    );
     let reached = match reach.await {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Err("no answer within 10 s".to_owned()),
@@ -1643,7 +1685,12 @@ mod tests {
 
     /// Site `home`, device `dev` (token hash `hash-{dev}`), and its `main` series.
     async fn test_series(store: &PgStore, dev: &str) -> SeriesId {
-        if store.get_site(&test_site("home").id).await.unwrap().is_none() {
+        if store
+            .get_site(&test_site("home").id)
+            .await
+            .unwrap()
+            .is_none()
+        {
             store.create_site(&test_site("home")).await.unwrap();
         }
         store
@@ -1670,7 +1717,7 @@ mod tests {
     async fn partitions(store: &PgStore) -> Vec<String> {
         let client = store.client().await.unwrap();
         let mut names: Vec<String> = store
-            .readings_partitions(&**client)
+            .readings_partitions(&client)
             .await
             .unwrap()
             .into_iter()
@@ -1685,9 +1732,12 @@ mod tests {
         use jiff::tz::TimeZone;
         // Every day from 1583 to 2400, and the extremes.
         let first = -141_714i64; // 1582-01-01
-        for day in (first..157_000).chain([MIN_MS / TsMs::DAY, MAX_MS / TsMs::DAY - 1]) {
+                                 // (jiff itself ends on 9999-12-30.)
+        for day in (first..157_000).chain([MIN_MS / TsMs::DAY, MAX_MS / TsMs::DAY - 2]) {
             let ms = day * TsMs::DAY + 12 * TsMs::HOUR;
-            let z = jiff::Timestamp::from_millisecond(ms).unwrap().to_zoned(TimeZone::UTC);
+            let z = jiff::Timestamp::from_millisecond(ms)
+                .unwrap()
+                .to_zoned(TimeZone::UTC);
             let m = month_of(ms);
             assert_eq!(
                 m,
@@ -1695,7 +1745,11 @@ mod tests {
                 "day {day}"
             );
             let start = z.date().first_of_month().to_zoned(TimeZone::UTC).unwrap();
-            assert_eq!(month_start_ms(m), start.timestamp().as_millisecond(), "day {day}");
+            assert_eq!(
+                month_start_ms(m),
+                start.timestamp().as_millisecond(),
+                "day {day}"
+            );
             assert_eq!(month_of(month_start_ms(m)), m);
             assert_eq!(month_of(month_start_ms(m) - 1), m - 1);
         }
@@ -1742,9 +1796,15 @@ mod tests {
                     .collect::<Vec<_>>()
             }
         };
-        let mut want: Vec<String> = ["series_id", "bucket", "last_ts", "energy_import_kwh", "energy_export_kwh"]
-            .map(String::from)
-            .to_vec();
+        let mut want: Vec<String> = [
+            "series_id",
+            "bucket",
+            "last_ts",
+            "energy_import_kwh",
+            "energy_export_kwh",
+        ]
+        .map(String::from)
+        .to_vec();
         want.extend(stat_columns());
         for tier in BucketTier::ROLLUPS {
             assert_eq!(columns(rollup_table(tier)).await, want, "{tier:?}");
@@ -1753,7 +1813,10 @@ mod tests {
         raw.extend(Quantity::ALL.iter().map(|q| q.field().to_owned()));
         assert_eq!(columns("readings").await, raw);
         let kind: i8 = client
-            .query_one("SELECT relkind::\"char\" FROM pg_class WHERE oid = 'readings'::regclass", &[])
+            .query_one(
+                "SELECT relkind::\"char\" FROM pg_class WHERE oid = 'readings'::regclass",
+                &[],
+            )
             .await
             .unwrap()
             .get(0);
@@ -1772,7 +1835,10 @@ mod tests {
             .collect();
         assert_eq!(types, vec!["double precision".to_owned()]);
         let versions: Vec<i32> = client
-            .query("SELECT version FROM schema_migrations ORDER BY version", &[])
+            .query(
+                "SELECT version FROM schema_migrations ORDER BY version",
+                &[],
+            )
             .await
             .unwrap()
             .iter()
@@ -1808,7 +1874,11 @@ mod tests {
             Err(StoreError::Conflict(m)) if m == "site shared"
         ));
         // …and `first`, in its own schema, does not.
-        assert!(first.get_site(&test_site("shared").id).await.unwrap().is_none());
+        assert!(first
+            .get_site(&test_site("shared").id)
+            .await
+            .unwrap()
+            .is_none());
         drop(client);
         a.drop_schema().await.unwrap();
         // Dropping twice is harmless; a store without a dedicated schema refuses.
@@ -1829,19 +1899,32 @@ mod tests {
             }])
             .await
             .unwrap();
-        assert_eq!(partitions(&store).await, vec!["readings_y2026m01", "readings_y2026m03"]);
+        assert_eq!(
+            partitions(&store).await,
+            vec!["readings_y2026m01", "readings_y2026m03"]
+        );
         let r = store.maintain(TsMs(mar + 10 * TsMs::DAY)).await.unwrap();
         assert_eq!(r.partitions_created, 1, "March exists; April is new");
-        assert_eq!(store.maintain(TsMs(mar)).await.unwrap().partitions_created, 0);
+        assert_eq!(
+            store.maintain(TsMs(mar)).await.unwrap().partitions_created,
+            0
+        );
         // A fresh node (empty cache) finds the existing partitions instead of failing.
         let other = PgStore::connect_with_schema(&test_url(), store.schema().unwrap())
             .await
             .unwrap();
-        assert_eq!(other.maintain(TsMs(mar)).await.unwrap().partitions_created, 0);
+        assert_eq!(
+            other.maintain(TsMs(mar)).await.unwrap().partitions_created,
+            0
+        );
         other.upsert(s, &[test_point(jan + 2)]).await.unwrap();
         assert_eq!(
             partitions(&store).await,
-            vec!["readings_y2026m01", "readings_y2026m03", "readings_y2026m04"]
+            vec![
+                "readings_y2026m01",
+                "readings_y2026m03",
+                "readings_y2026m04"
+            ]
         );
         // Refused, not silently mangled: instants PostgreSQL can't hold as we need them.
         let bad = store.upsert(s, &[test_point(MAX_MS)]).await;
@@ -1859,21 +1942,40 @@ mod tests {
             .map(|d| test_point(jan + d * day))
             .collect();
         store
-            .append(&[SeriesPoints { series: s, points: pts }])
+            .append(&[SeriesPoints {
+                series: s,
+                points: pts,
+            }])
             .await
             .unwrap();
         assert_eq!(partitions(&store).await.len(), 4); // Jan, Feb, Mar, Apr
-        // Cutoff 2026-03-16: January and February go whole, March loses one row.
+                                                       // Cutoff 2026-03-16: January and February go whole, March loses one row.
         let now = TsMs(jan + 104 * day);
-        let policy = Retention { raw_days: Some(30), minute_days: None, hour_days: None, day_days: None };
+        let policy = Retention {
+            raw_days: Some(30),
+            minute_days: None,
+            hour_days: None,
+            day_days: None,
+        };
         let removed = store.apply_retention(&policy, now).await.unwrap();
         assert_eq!(removed, 6);
-        assert_eq!(partitions(&store).await, vec!["readings_y2026m03", "readings_y2026m04"]);
-        let left = store.read_raw(s, TsMs(0), TsMs(i64::MAX), 100).await.unwrap();
-        assert_eq!(left.iter().map(|p| p.ts.0).collect::<Vec<_>>(), vec![jan + 80 * day, jan + 100 * day]);
+        assert_eq!(
+            partitions(&store).await,
+            vec!["readings_y2026m03", "readings_y2026m04"]
+        );
+        let left = store
+            .read_raw(s, TsMs(0), TsMs(i64::MAX), 100)
+            .await
+            .unwrap();
+        assert_eq!(
+            left.iter().map(|p| p.ts.0).collect::<Vec<_>>(),
+            vec![jan + 80 * day, jan + 100 * day]
+        );
         // Late data for a dropped month recreates its partition.
         store.upsert(s, &[test_point(jan + 3 * day)]).await.unwrap();
-        assert!(partitions(&store).await.contains(&"readings_y2026m01".to_owned()));
+        assert!(partitions(&store)
+            .await
+            .contains(&"readings_y2026m01".to_owned()));
     }
 
     #[tokio::test]
@@ -1881,20 +1983,42 @@ mod tests {
         let Some(a) = store().await else { return };
         let s = test_series(&a, "m1").await;
         let jan = 1_767_225_600_000;
-        a.append(&[SeriesPoints { series: s, points: vec![test_point(jan)] }])
-            .await
-            .unwrap();
+        a.append(&[SeriesPoints {
+            series: s,
+            points: vec![test_point(jan)],
+        }])
+        .await
+        .unwrap();
         let b = PgStore::connect_with_schema(&test_url(), a.schema().unwrap())
             .await
             .unwrap();
-        let policy = Retention { raw_days: Some(1), minute_days: None, hour_days: None, day_days: None };
-        assert_eq!(b.apply_retention(&policy, TsMs(jan + 100 * TsMs::DAY)).await.unwrap(), 1);
+        let policy = Retention {
+            raw_days: Some(1),
+            minute_days: None,
+            hour_days: None,
+            day_days: None,
+        };
+        assert_eq!(
+            b.apply_retention(&policy, TsMs(jan + 100 * TsMs::DAY))
+                .await
+                .unwrap(),
+            1
+        );
         assert!(partitions(&a).await.is_empty());
         // `a` still believes January exists; its write must succeed anyway.
-        a.append(&[SeriesPoints { series: s, points: vec![test_point(jan + 1)] }])
-            .await
-            .unwrap();
-        assert_eq!(a.read_raw(s, TsMs(0), TsMs(i64::MAX), 10).await.unwrap().len(), 1);
+        a.append(&[SeriesPoints {
+            series: s,
+            points: vec![test_point(jan + 1)],
+        }])
+        .await
+        .unwrap();
+        assert_eq!(
+            a.read_raw(s, TsMs(0), TsMs(i64::MAX), 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[tokio::test]
@@ -1903,20 +2027,35 @@ mod tests {
         let mut d = test_device("d1");
         d.site = SiteId::parse("nowhere").unwrap();
         let e = store.create_device(&d, "h").await.unwrap_err();
-        assert!(matches!(&e, StoreError::Invalid(m) if m.contains("nowhere")), "{e}");
+        assert!(
+            matches!(&e, StoreError::Invalid(m) if m.contains("nowhere")),
+            "{e}"
+        );
         let e = store
             .series_id(&DeviceId::parse("ghost").unwrap(), "main")
             .await
             .unwrap_err();
-        assert!(matches!(&e, StoreError::Invalid(m) if m.contains("ghost")), "{e}");
+        assert!(
+            matches!(&e, StoreError::Invalid(m) if m.contains("ghost")),
+            "{e}"
+        );
         test_series(&store, "d1").await;
         let e = store.delete_site(&test_site("home").id).await.unwrap_err();
         assert!(e.to_string().contains("site home"), "{e}");
-        let e = store.create_device(&test_device("d1"), "other").await.unwrap_err();
+        let e = store
+            .create_device(&test_device("d1"), "other")
+            .await
+            .unwrap_err();
         assert_eq!(e.to_string(), "device d1 already exists");
-        let e = store.create_device(&test_device("d2"), "hash-d1").await.unwrap_err();
+        let e = store
+            .create_device(&test_device("d2"), "hash-d1")
+            .await
+            .unwrap_err();
         assert_eq!(e.to_string(), "a device with this token already exists");
-        let e = PgStore::connect_with_schema(&test_url(), "Bad-Name").await.err().unwrap();
+        let e = PgStore::connect_with_schema(&test_url(), "Bad-Name")
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(e, StoreError::Invalid(_)));
         let e = PgStore::connect("not a url").await.err().unwrap();
         assert!(matches!(e, StoreError::Invalid(_)));
@@ -1924,7 +2063,11 @@ mod tests {
 
     #[tokio::test]
     async fn pg_unreachable_server_is_skipped_outside_ci() {
-        assert!(test_pg_store_at("postgres://postgres@127.0.0.1:1/x".into(), false).await.is_none());
+        assert!(
+            test_pg_store_at("postgres://postgres@127.0.0.1:1/x".into(), false)
+                .await
+                .is_none()
+        );
     }
 
     #[tokio::test]
@@ -1949,7 +2092,11 @@ mod tests {
             st.create_site(&test_site("home")).await.unwrap();
             st.create_device(&test_device("d"), "h").await.unwrap();
             for c in 0..SERIES {
-                v.push(st.series_id(&DeviceId::parse("d").unwrap(), &format!("c{c}")).await.unwrap());
+                v.push(
+                    st.series_id(&DeviceId::parse("d").unwrap(), &format!("c{c}"))
+                        .await
+                        .unwrap(),
+                );
             }
             ids.push(v);
         }
@@ -2001,10 +2148,16 @@ mod tests {
         let batch = make(&ids[0], 0);
         let t = std::time::Instant::now();
         unnest.append(&batch).await.unwrap();
-        println!("re-append of 50,000 existing rows: {:.0} rows/s", 50_000.0 / t.elapsed().as_secs_f64());
+        println!(
+            "re-append of 50,000 existing rows: {:.0} rows/s",
+            50_000.0 / t.elapsed().as_secs_f64()
+        );
         let before = unnest.disk_bytes().await.unwrap();
         let client = unnest.client().await.unwrap();
-        client.batch_execute("VACUUM ANALYZE readings").await.unwrap();
+        client
+            .batch_execute("VACUUM ANALYZE readings")
+            .await
+            .unwrap();
         let after = unnest.disk_bytes().await.unwrap();
         println!(
             "disk: {before} bytes = {:.1} bytes/row ({after} bytes = {:.1} bytes/row after VACUUM ANALYZE)",

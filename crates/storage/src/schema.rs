@@ -23,6 +23,10 @@ pub const STAT_SUFFIXES: [&str; 5] = ["n", "avg", "min", "max", "last"];
 pub fn stat_columns() -> Vec<String> {
     Quantity::ALL
         .iter()
-        .flat_map(|q| STAT_SUFFIXES.iter().map(move |s| format!("{}_{s}", q.field())))
+        .flat_map(|q| {
+            STAT_SUFFIXES
+                .iter()
+                .map(move |s| format!("{}_{s}", q.field()))
+        })
         .collect()
 }

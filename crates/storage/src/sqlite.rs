@@ -40,9 +40,7 @@ const CLOSED_HOUR_GRACE_MS: i64 = 2 * TsMs::MINUTE;
 const READ_POOL_MAX: usize = 4;
 
 fn chunk_hour(ts: TsMs) -> i64 {
-    ts.0
-        .div_euclid(CHUNK_SPAN_MS)
-        .saturating_mul(CHUNK_SPAN_MS)
+    ts.0.div_euclid(CHUNK_SPAN_MS).saturating_mul(CHUNK_SPAN_MS)
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -96,9 +94,7 @@ fn rollup_ddl() -> String {
         .iter()
         .map(|q| {
             let f = q.field();
-            format!(
-                ", {f}_n INTEGER, {f}_avg REAL, {f}_min REAL, {f}_max REAL, {f}_last REAL"
-            )
+            format!(", {f}_n INTEGER, {f}_avg REAL, {f}_min REAL, {f}_max REAL, {f}_last REAL")
         })
         .collect();
     BucketTier::ROLLUPS
@@ -202,7 +198,9 @@ impl SqliteStore {
                 while let Ok(job) = rx.recv() {
                     job(&mut writer);
                 }
-                let _ = writer.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+                let _ = writer
+                    .conn
+                    .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
             })?;
         Ok(SqliteStore {
             path,
@@ -262,7 +260,10 @@ fn find_fragmented(conn: &Connection) -> Result<HashMap<(i64, i64), Fragment>> {
          WHERE start_ts >= ?1 GROUP BY series_id, h HAVING count(*) > 1",
     )?;
     let rows = stmt.query_map(params![since, CHUNK_SPAN_MS], |r| {
-        Ok(((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?), r.get::<_, u32>(2)?))
+        Ok((
+            (r.get::<_, i64>(0)?, r.get::<_, i64>(1)?),
+            r.get::<_, u32>(2)?,
+        ))
     })?;
     let mut out = HashMap::new();
     for row in rows {
@@ -539,7 +540,12 @@ impl Store for SqliteStore {
             w.conn
                 .execute(
                     "INSERT INTO sites (id, name, timezone, created_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![site.id.as_str(), site.name, site.timezone, site.created_at.0],
+                    params![
+                        site.id.as_str(),
+                        site.name,
+                        site.timezone,
+                        site.created_at.0
+                    ],
                 )
                 .map_err(|e| {
                     if is_unique_violation(&e) {
@@ -596,11 +602,13 @@ impl Store for SqliteStore {
                 |r| r.get(0),
             )?;
             if devices > 0 {
-                return Err(StoreError::Conflict(format!(
-                    "a device of site {id} (delete its devices first)"
+                return Err(StoreError::InUse(format!(
+                    "site {id} still has devices; delete or move them first"
                 )));
             }
-            Ok(w.conn.execute("DELETE FROM sites WHERE id = ?1", [id.as_str()])? > 0)
+            Ok(w.conn
+                .execute("DELETE FROM sites WHERE id = ?1", [id.as_str()])?
+                > 0)
         })
         .await
     }
@@ -652,7 +660,8 @@ impl Store for SqliteStore {
 
     async fn list_devices(&self) -> Result<Vec<Device>> {
         self.read(|c| {
-            let mut stmt = c.prepare(&format!("SELECT {DEVICE_COLUMNS} FROM devices ORDER BY id"))?;
+            let mut stmt =
+                c.prepare(&format!("SELECT {DEVICE_COLUMNS} FROM devices ORDER BY id"))?;
             let rows = stmt.query_map([], device_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -786,8 +795,12 @@ impl Store for SqliteStore {
 
     async fn delete_ingest_token(&self, id: &str) -> Result<bool> {
         let id = id.to_owned();
-        self.write(move |w| Ok(w.conn.execute("DELETE FROM ingest_tokens WHERE id = ?1", [id])? > 0))
-            .await
+        self.write(move |w| {
+            Ok(w.conn
+                .execute("DELETE FROM ingest_tokens WHERE id = ?1", [id])?
+                > 0)
+        })
+        .await
     }
 
     async fn ingest_token_site(&self, token_hash: &str) -> Result<Option<SiteId>> {
@@ -922,7 +935,8 @@ impl Store for SqliteStore {
             let mut rows = stmt.query(params![series.0, chunk_hour(from), to.0])?;
             let mut out = Vec::new();
             while let Some(r) = rows.next()? {
-                let pts = decode_points(r.get_ref(0)?.as_blob()?).map_err(|e| corrupt(series.0, e))?;
+                let pts =
+                    decode_points(r.get_ref(0)?.as_blob()?).map_err(|e| corrupt(series.0, e))?;
                 for p in pts {
                     if p.ts >= from && p.ts < to {
                         out.push(p);
@@ -954,7 +968,8 @@ impl Store for SqliteStore {
             let mut rows = stmt.query(params![series.0, before.0])?;
             let mut out = Vec::new();
             while let Some(r) = rows.next()? {
-                let pts = decode_points(r.get_ref(0)?.as_blob()?).map_err(|e| corrupt(series.0, e))?;
+                let pts =
+                    decode_points(r.get_ref(0)?.as_blob()?).map_err(|e| corrupt(series.0, e))?;
                 for p in pts.into_iter().rev() {
                     if p.ts < before {
                         out.push(p);
@@ -997,11 +1012,19 @@ impl Store for SqliteStore {
         self.write(move |w| {
             let tx = w.conn.transaction()?;
             for tier in BucketTier::ROLLUPS {
-                let merge: Vec<&RollupRow> =
-                    write.merge.iter().filter(|(t, _)| *t == tier).map(|(_, r)| r).collect();
+                let merge: Vec<&RollupRow> = write
+                    .merge
+                    .iter()
+                    .filter(|(t, _)| *t == tier)
+                    .map(|(_, r)| r)
+                    .collect();
                 write_rollup_rows(&tx, tier, &merge, true)?;
-                let replace: Vec<&RollupRow> =
-                    write.replace.iter().filter(|(t, _)| *t == tier).map(|(_, r)| r).collect();
+                let replace: Vec<&RollupRow> = write
+                    .replace
+                    .iter()
+                    .filter(|(t, _)| *t == tier)
+                    .map(|(_, r)| r)
+                    .collect();
                 write_rollup_rows(&tx, tier, &replace, false)?;
             }
             {
@@ -1082,7 +1105,8 @@ impl Store for SqliteStore {
                     }
                 }
             }
-            w.fragmented.retain(|_, f| f.chunks > 1 || f.last_write.0 + TsMs::DAY > now.0);
+            w.fragmented
+                .retain(|_, f| f.chunks > 1 || f.last_write.0 + TsMs::DAY > now.0);
             if report.chunks_compacted > 0 {
                 w.conn.execute_batch("PRAGMA incremental_vacuum;")?;
             }
@@ -1098,7 +1122,8 @@ impl Store for SqliteStore {
             let tx = w.conn.transaction()?;
             let mut removed = 0u64;
             if let Some(days) = policy.raw_days {
-                removed += tx.execute("DELETE FROM chunks WHERE end_ts < ?1", [cutoff(days)])? as u64;
+                removed +=
+                    tx.execute("DELETE FROM chunks WHERE end_ts < ?1", [cutoff(days)])? as u64;
             }
             for tier in BucketTier::ROLLUPS {
                 if let Some(days) = policy.keep_days(tier) {
@@ -1133,7 +1158,9 @@ impl Store for SqliteStore {
 #[cfg(test)]
 pub(crate) async fn test_store() -> Option<Arc<dyn Store>> {
     let dir = tempfile::tempdir().expect("temp dir").keep();
-    Some(Arc::new(SqliteStore::open(dir.join("wattline.db")).expect("open sqlite store")))
+    Some(Arc::new(
+        SqliteStore::open(dir.join("wattline.db")).expect("open sqlite store"),
+    ))
 }
 
 #[cfg(test)]
@@ -1179,12 +1206,21 @@ mod tests {
         let s = store.series_id(&dev.id, "main").await.unwrap();
         let base = 1_767_632_400_000; // an hour boundary
         for batch in 0..10 {
-            let pts: Vec<Point> = (0..720).map(|i| p(base + (batch * 720 + i) * 1000, i as f64)).collect();
-            store.append(&[SeriesPoints { series: s, points: pts }]).await.unwrap();
+            let pts: Vec<Point> = (0..720)
+                .map(|i| p(base + (batch * 720 + i) * 1000, i as f64))
+                .collect();
+            store
+                .append(&[SeriesPoints {
+                    series: s,
+                    points: pts,
+                }])
+                .await
+                .unwrap();
         }
         let chunks = |store: &SqliteStore| {
             let c = open_connection(store.path()).unwrap();
-            c.query_row("SELECT count(*) FROM chunks", [], |r| r.get::<_, i64>(0)).unwrap()
+            c.query_row("SELECT count(*) FROM chunks", [], |r| r.get::<_, i64>(0))
+                .unwrap()
         };
         // 7200 s from an hour boundary: batches 0-4 in hour 1, 5-9 in hour 2.
         assert_eq!(chunks(&store), 10);
@@ -1193,7 +1229,10 @@ mod tests {
         let report = store.maintain(later).await.unwrap();
         assert_eq!(report.chunks_compacted, 10);
         assert_eq!(chunks(&store), 2);
-        let all = store.read_raw(s, TsMs(base), TsMs(base + 2 * TsMs::HOUR), usize::MAX).await.unwrap();
+        let all = store
+            .read_raw(s, TsMs(base), TsMs(base + 2 * TsMs::HOUR), usize::MAX)
+            .await
+            .unwrap();
         assert_eq!(all.len(), 7200);
         assert!(all.windows(2).all(|w| w[0].ts < w[1].ts));
     }

@@ -15,8 +15,7 @@ use std::collections::BTreeMap;
 
 use wattline_domain::energy::EnergyDelta;
 use wattline_domain::{
-    Agg, BucketTier, Device, DeviceId, Point, QStat, Quantity, SeriesId, Site, SiteId, TsMs,
-    Values,
+    Agg, BucketTier, Device, DeviceId, Point, QStat, Quantity, SeriesId, Site, SiteId, TsMs, Values,
 };
 
 use crate::{IngestToken, Retention, RollupRow, RollupWrite, SeriesPoints, Store, StoreError};
@@ -292,8 +291,14 @@ pub async fn devices_crud_and_tokens(store: &dyn Store) {
     assert_eq!(store.get_device(&d3.id).await.unwrap(), None);
 
     // Token lookup by hash.
-    assert_eq!(store.device_by_token("hash-1").await.unwrap(), Some(d1.id.clone()));
-    assert_eq!(store.device_by_token("hash-2").await.unwrap(), Some(d2.id.clone()));
+    assert_eq!(
+        store.device_by_token("hash-1").await.unwrap(),
+        Some(d1.id.clone())
+    );
+    assert_eq!(
+        store.device_by_token("hash-2").await.unwrap(),
+        Some(d2.id.clone())
+    );
     assert_eq!(store.device_by_token("nope").await.unwrap(), None);
 
     // Update.
@@ -304,17 +309,29 @@ pub async fn devices_crud_and_tokens(store: &dyn Store) {
     changed.labels.insert("circuit".into(), "7".into());
     changed.labels.remove("room");
     assert!(store.update_device(&changed).await.unwrap());
-    assert_eq!(store.get_device(&d1.id).await.unwrap(), Some(changed.clone()));
+    assert_eq!(
+        store.get_device(&d1.id).await.unwrap(),
+        Some(changed.clone())
+    );
     assert!(!store.update_device(&device("ghost", "home")).await.unwrap());
     assert_eq!(store.get_device(&did("ghost")).await.unwrap(), None);
 
     // Token rotation.
     assert!(store.set_device_token(&d1.id, "hash-1b").await.unwrap());
     assert_eq!(store.device_by_token("hash-1").await.unwrap(), None);
-    assert_eq!(store.device_by_token("hash-1b").await.unwrap(), Some(d1.id.clone()));
-    assert!(!store.set_device_token(&did("ghost"), "hash-x").await.unwrap());
+    assert_eq!(
+        store.device_by_token("hash-1b").await.unwrap(),
+        Some(d1.id.clone())
+    );
+    assert!(!store
+        .set_device_token(&did("ghost"), "hash-x")
+        .await
+        .unwrap());
     assert!(is_conflict(store.set_device_token(&d1.id, "hash-2").await));
-    assert_eq!(store.device_by_token("hash-2").await.unwrap(), Some(d2.id.clone()));
+    assert_eq!(
+        store.device_by_token("hash-2").await.unwrap(),
+        Some(d2.id.clone())
+    );
 
     assert!(store.delete_device(&d2.id).await.unwrap());
     assert!(!store.delete_device(&d2.id).await.unwrap());
@@ -325,9 +342,15 @@ pub async fn devices_crud_and_tokens(store: &dyn Store) {
 
 pub async fn delete_site_with_devices_conflicts(store: &dyn Store) {
     store.create_site(&site("home")).await.unwrap();
-    store.create_device(&device("m1", "home"), "h1").await.unwrap();
+    store
+        .create_device(&device("m1", "home"), "h1")
+        .await
+        .unwrap();
     let r = store.delete_site(&sid("home")).await;
-    assert!(is_conflict(r), "deleting a site with devices must conflict");
+    assert!(
+        matches!(r, Err(StoreError::InUse(_))),
+        "deleting a site with devices must be refused: {r:?}"
+    );
     assert!(store.get_site(&sid("home")).await.unwrap().is_some());
     assert!(store.get_device(&did("m1")).await.unwrap().is_some());
 
@@ -342,7 +365,9 @@ pub async fn delete_device_cascades(store: &dyn Store) {
     let b = series_of(store, "keeper", &["main"]).await;
     let all = [a[0], a[1], b[0]];
     for (k, s) in all.iter().enumerate() {
-        let pts: Vec<Point> = (0..10).map(|i| reading(T0 + i * SEC, i as usize + k)).collect();
+        let pts: Vec<Point> = (0..10)
+            .map(|i| reading(T0 + i * SEC, i as usize + k))
+            .collect();
         store.append(&batch(*s, pts)).await.unwrap();
     }
     let mut w = RollupWrite::default();
@@ -361,10 +386,16 @@ pub async fn delete_device_cascades(store: &dyn Store) {
     let series = store.list_series().await.unwrap();
     assert_eq!(series.iter().map(|s| s.id).collect::<Vec<_>>(), vec![b[0]]);
     for s in &a {
-        let raw = store.read_raw(*s, TsMs(0), TsMs(T0 + DAY), 1000).await.unwrap();
+        let raw = store
+            .read_raw(*s, TsMs(0), TsMs(T0 + DAY), 1000)
+            .await
+            .unwrap();
         assert!(raw.is_empty(), "readings of a deleted device must go");
         for tier in BucketTier::ROLLUPS {
-            let r = store.read_rollups(tier, *s, TsMs(0), TsMs(T0 + DAY)).await.unwrap();
+            let r = store
+                .read_rollups(tier, *s, TsMs(0), TsMs(T0 + DAY))
+                .await
+                .unwrap();
             assert!(r.is_empty(), "{tier:?} rollups of a deleted device must go");
         }
     }
@@ -372,22 +403,42 @@ pub async fn delete_device_cascades(store: &dyn Store) {
     assert_eq!(latest.iter().map(|l| l.0).collect::<Vec<_>>(), vec![b[0]]);
 
     // The other device is untouched.
-    let raw = store.read_raw(b[0], TsMs(0), TsMs(T0 + DAY), 1000).await.unwrap();
+    let raw = store
+        .read_raw(b[0], TsMs(0), TsMs(T0 + DAY), 1000)
+        .await
+        .unwrap();
     assert_eq!(raw.len(), 10);
     for tier in BucketTier::ROLLUPS {
-        let r = store.read_rollups(tier, b[0], TsMs(0), TsMs(T0 + DAY)).await.unwrap();
+        let r = store
+            .read_rollups(tier, b[0], TsMs(0), TsMs(T0 + DAY))
+            .await
+            .unwrap();
         assert_eq!(r.len(), 1, "{tier:?}");
     }
 
     // A device re-created under the same id starts empty.
-    store.create_device(&device("doomed", "home"), "hash-new").await.unwrap();
+    store
+        .create_device(&device("doomed", "home"), "hash-new")
+        .await
+        .unwrap();
     let s = store.series_id(&did("doomed"), "main").await.unwrap();
-    assert!(store.read_raw(s, TsMs(0), TsMs(T0 + DAY), 1000).await.unwrap().is_empty());
+    assert!(store
+        .read_raw(s, TsMs(0), TsMs(T0 + DAY), 1000)
+        .await
+        .unwrap()
+        .is_empty());
     for tier in BucketTier::ROLLUPS {
-        assert!(store.read_rollups(tier, s, TsMs(0), TsMs(T0 + DAY)).await.unwrap().is_empty());
+        assert!(store
+            .read_rollups(tier, s, TsMs(0), TsMs(T0 + DAY))
+            .await
+            .unwrap()
+            .is_empty());
     }
     let info = store.list_series().await.unwrap();
-    assert_eq!(info.iter().find(|i| i.id == s).unwrap().rollup_watermark, None);
+    assert_eq!(
+        info.iter().find(|i| i.id == s).unwrap().rollup_watermark,
+        None
+    );
 }
 
 pub async fn ingest_tokens(store: &dyn Store) {
@@ -399,26 +450,48 @@ pub async fn ingest_tokens(store: &dyn Store) {
         name: format!("gateway {id}"),
         created_at: TsMs(T0 + at),
     };
-    let (t1, t2, t3) = (tok("t1", "home", 1), tok("t2", "home", 2), tok("t3", "cabin", 3));
+    let (t1, t2, t3) = (
+        tok("t1", "home", 1),
+        tok("t2", "home", 2),
+        tok("t3", "cabin", 3),
+    );
     store.create_ingest_token(&t1, "ih1").await.unwrap();
     store.create_ingest_token(&t2, "ih2").await.unwrap();
     store.create_ingest_token(&t3, "ih3").await.unwrap();
-    assert!(is_conflict(store.create_ingest_token(&t1, "ih-other").await));
+    assert!(is_conflict(
+        store.create_ingest_token(&t1, "ih-other").await
+    ));
 
     let mut home = store.list_ingest_tokens(&sid("home")).await.unwrap();
     home.sort_by(|a, b| a.id.cmp(&b.id));
     assert_eq!(home, vec![t1.clone(), t2.clone()]);
-    assert_eq!(store.list_ingest_tokens(&sid("cabin")).await.unwrap(), vec![t3.clone()]);
-    assert!(store.list_ingest_tokens(&sid("nowhere")).await.unwrap().is_empty());
+    assert_eq!(
+        store.list_ingest_tokens(&sid("cabin")).await.unwrap(),
+        vec![t3.clone()]
+    );
+    assert!(store
+        .list_ingest_tokens(&sid("nowhere"))
+        .await
+        .unwrap()
+        .is_empty());
 
-    assert_eq!(store.ingest_token_site("ih1").await.unwrap(), Some(sid("home")));
-    assert_eq!(store.ingest_token_site("ih3").await.unwrap(), Some(sid("cabin")));
+    assert_eq!(
+        store.ingest_token_site("ih1").await.unwrap(),
+        Some(sid("home"))
+    );
+    assert_eq!(
+        store.ingest_token_site("ih3").await.unwrap(),
+        Some(sid("cabin"))
+    );
     assert_eq!(store.ingest_token_site("nope").await.unwrap(), None);
 
     assert!(store.delete_ingest_token("t1").await.unwrap());
     assert!(!store.delete_ingest_token("t1").await.unwrap());
     assert_eq!(store.ingest_token_site("ih1").await.unwrap(), None);
-    assert_eq!(store.list_ingest_tokens(&sid("home")).await.unwrap(), vec![t2]);
+    assert_eq!(
+        store.list_ingest_tokens(&sid("home")).await.unwrap(),
+        vec![t2]
+    );
 }
 
 pub async fn series_ids_are_stable_and_distinct(store: &dyn Store) {
@@ -430,11 +503,20 @@ pub async fn series_ids_are_stable_and_distinct(store: &dyn Store) {
     let mut ids = vec![main, l1, l2, other];
     ids.sort();
     ids.dedup();
-    assert_eq!(ids.len(), 4, "series must be distinct per (device, channel)");
+    assert_eq!(
+        ids.len(),
+        4,
+        "series must be distinct per (device, channel)"
+    );
 
     let listed = store.list_series().await.unwrap();
     assert_eq!(listed.len(), 4);
-    for (id, dev, ch) in [(main, "m1", "main"), (l1, "m1", "L1"), (l2, "m1", "L2"), (other, "m2", "main")] {
+    for (id, dev, ch) in [
+        (main, "m1", "main"),
+        (l1, "m1", "L1"),
+        (l2, "m1", "L2"),
+        (other, "m2", "main"),
+    ] {
         let s = listed.iter().find(|s| s.id == id).expect("listed");
         assert_eq!((s.device.as_str(), s.channel.as_str()), (dev, ch));
         assert_eq!(s.rollup_watermark, None);
@@ -447,39 +529,88 @@ pub async fn append_and_read_raw_bounds(store: &dyn Store) {
     let s = series_of(store, "m1", &["main", "L1"]).await;
     let pts: Vec<Point> = (0..100).map(|i| power(T0 + i * SEC, i as f64)).collect();
     // Two batches, the second also carrying another series.
-    store.append(&batch(s[0], pts[..40].to_vec())).await.unwrap();
+    store
+        .append(&batch(s[0], pts[..40].to_vec()))
+        .await
+        .unwrap();
     store
         .append(&[
-            SeriesPoints { series: s[0], points: pts[40..].to_vec() },
-            SeriesPoints { series: s[1], points: vec![power(T0 + 5 * SEC, -1.0)] },
+            SeriesPoints {
+                series: s[0],
+                points: pts[40..].to_vec(),
+            },
+            SeriesPoints {
+                series: s[1],
+                points: vec![power(T0 + 5 * SEC, -1.0)],
+            },
         ])
         .await
         .unwrap();
 
-    let all = store.read_raw(s[0], TsMs(T0), TsMs(T0 + 100 * SEC), 1_000).await.unwrap();
+    let all = store
+        .read_raw(s[0], TsMs(T0), TsMs(T0 + 100 * SEC), 1_000)
+        .await
+        .unwrap();
     assert_points_eq(&all, &pts, "everything");
     // `from` inclusive, `to` exclusive.
-    let mid = store.read_raw(s[0], TsMs(T0 + 10 * SEC), TsMs(T0 + 20 * SEC), 1_000).await.unwrap();
+    let mid = store
+        .read_raw(s[0], TsMs(T0 + 10 * SEC), TsMs(T0 + 20 * SEC), 1_000)
+        .await
+        .unwrap();
     assert_points_eq(&mid, &pts[10..20], "[10 s, 20 s)");
     let off = store
-        .read_raw(s[0], TsMs(T0 + 10 * SEC + 1), TsMs(T0 + 20 * SEC + 1), 1_000)
+        .read_raw(
+            s[0],
+            TsMs(T0 + 10 * SEC + 1),
+            TsMs(T0 + 20 * SEC + 1),
+            1_000,
+        )
         .await
         .unwrap();
     assert_points_eq(&off, &pts[11..21], "(10 s, 20 s]");
     // Limit keeps the oldest.
-    let lim = store.read_raw(s[0], TsMs(T0), TsMs(T0 + 100 * SEC), 7).await.unwrap();
+    let lim = store
+        .read_raw(s[0], TsMs(T0), TsMs(T0 + 100 * SEC), 7)
+        .await
+        .unwrap();
     assert_points_eq(&lim, &pts[..7], "limit 7");
-    assert!(store.read_raw(s[0], TsMs(T0), TsMs(T0 + 100 * SEC), 0).await.unwrap().is_empty());
+    assert!(store
+        .read_raw(s[0], TsMs(T0), TsMs(T0 + 100 * SEC), 0)
+        .await
+        .unwrap()
+        .is_empty());
     // Empty and inverted ranges; other series are separate.
-    assert!(store.read_raw(s[0], TsMs(T0 + 5), TsMs(T0 + 5), 10).await.unwrap().is_empty());
-    assert!(store.read_raw(s[0], TsMs(T0 + 50 * SEC), TsMs(T0), 10).await.unwrap().is_empty());
-    assert!(store.read_raw(s[0], TsMs(T0 - DAY), TsMs(T0), 10).await.unwrap().is_empty());
-    let other = store.read_raw(s[1], TsMs(T0), TsMs(T0 + DAY), 10).await.unwrap();
+    assert!(store
+        .read_raw(s[0], TsMs(T0 + 5), TsMs(T0 + 5), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .read_raw(s[0], TsMs(T0 + 50 * SEC), TsMs(T0), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .read_raw(s[0], TsMs(T0 - DAY), TsMs(T0), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let other = store
+        .read_raw(s[1], TsMs(T0), TsMs(T0 + DAY), 10)
+        .await
+        .unwrap();
     assert_points_eq(&other, &[power(T0 + 5 * SEC, -1.0)], "other series");
     // Extreme bounds mean "everything".
-    let wide = store.read_raw(s[0], TsMs(i64::MIN), TsMs(i64::MAX), 1_000).await.unwrap();
+    let wide = store
+        .read_raw(s[0], TsMs(i64::MIN), TsMs(i64::MAX), 1_000)
+        .await
+        .unwrap();
     assert_eq!(wide.len(), 100);
-    assert!(store.read_raw(SeriesId(987_654), TsMs(0), TsMs(i64::MAX), 10).await.unwrap().is_empty());
+    assert!(store
+        .read_raw(SeriesId(987_654), TsMs(0), TsMs(i64::MAX), 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 pub async fn read_raw_before_newest_first(store: &dyn Store) {
@@ -487,36 +618,71 @@ pub async fn read_raw_before_newest_first(store: &dyn Store) {
     let pts: Vec<Point> = (0..50).map(|i| power(T0 + i * MIN, i as f64)).collect();
     store.append(&batch(s, pts.clone())).await.unwrap();
 
-    let got = store.read_raw_before(s, TsMs(T0 + 20 * MIN), 5).await.unwrap();
+    let got = store
+        .read_raw_before(s, TsMs(T0 + 20 * MIN), 5)
+        .await
+        .unwrap();
     let want: Vec<Point> = pts[15..20].iter().rev().copied().collect();
     assert_points_eq(&got, &want, "5 before 20 min");
     // `before` is exclusive.
-    let got = store.read_raw_before(s, TsMs(T0 + 20 * MIN + 1), 1).await.unwrap();
+    let got = store
+        .read_raw_before(s, TsMs(T0 + 20 * MIN + 1), 1)
+        .await
+        .unwrap();
     assert_points_eq(&got, &pts[20..21], "1 before 20 min + 1 ms");
-    let got = store.read_raw_before(s, TsMs(T0 + 3 * MIN), 100).await.unwrap();
+    let got = store
+        .read_raw_before(s, TsMs(T0 + 3 * MIN), 100)
+        .await
+        .unwrap();
     let want: Vec<Point> = pts[..3].iter().rev().copied().collect();
     assert_points_eq(&got, &want, "fewer than the limit");
-    assert!(store.read_raw_before(s, TsMs(T0), 100).await.unwrap().is_empty());
-    assert!(store.read_raw_before(s, TsMs(T0 + DAY), 0).await.unwrap().is_empty());
-    let all = store.read_raw_before(s, TsMs(i64::MAX), 1_000).await.unwrap();
-    assert_eq!(ts_of(&all), ts_of(&pts).into_iter().rev().collect::<Vec<_>>());
+    assert!(store
+        .read_raw_before(s, TsMs(T0), 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .read_raw_before(s, TsMs(T0 + DAY), 0)
+        .await
+        .unwrap()
+        .is_empty());
+    let all = store
+        .read_raw_before(s, TsMs(i64::MAX), 1_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        ts_of(&all),
+        ts_of(&pts).into_iter().rev().collect::<Vec<_>>()
+    );
 }
 
 pub async fn duplicates_stored_once(store: &dyn Store) {
     use Quantity::*;
     let s = one_series(store).await;
     let t1 = T0 + 10 * SEC;
-    store.append(&batch(s, vec![power(T0, 1.0), power(t1, 100.0)])).await.unwrap();
+    store
+        .append(&batch(s, vec![power(T0, 1.0), power(t1, 100.0)]))
+        .await
+        .unwrap();
 
     // Power first, then voltage only: both present, one point.
-    let merged = store.upsert(s, &[pt(t1, &[(Voltage, 230.5)])]).await.unwrap();
+    let merged = store
+        .upsert(s, &[pt(t1, &[(Voltage, 230.5)])])
+        .await
+        .unwrap();
     let want = pt(t1, &[(Power, 100.0), (Voltage, 230.5)]);
     assert_points_eq(&merged, &[want], "upsert returns the merged point");
-    let stored = store.read_raw(s, TsMs(T0), TsMs(T0 + DAY), 100).await.unwrap();
+    let stored = store
+        .read_raw(s, TsMs(T0), TsMs(T0 + DAY), 100)
+        .await
+        .unwrap();
     assert_points_eq(&stored, &[power(T0, 1.0), want], "stored once, overlaid");
 
     // A newer value of a present quantity wins; the others stay.
-    let merged = store.upsert(s, &[pt(t1, &[(Power, 101.0), (Current, 0.5)])]).await.unwrap();
+    let merged = store
+        .upsert(s, &[pt(t1, &[(Power, 101.0), (Current, 0.5)])])
+        .await
+        .unwrap();
     let want = pt(t1, &[(Power, 101.0), (Voltage, 230.5), (Current, 0.5)]);
     assert_points_eq(&merged, &[want], "second overlay");
 
@@ -526,7 +692,10 @@ pub async fn duplicates_stored_once(store: &dyn Store) {
     store.upsert(s, &[p2]).await.unwrap();
     let again = store.upsert(s, &[p2]).await.unwrap();
     assert_points_eq(&again, &[p2], "idempotent upsert");
-    let stored = store.read_raw(s, TsMs(T0), TsMs(T0 + DAY), 100).await.unwrap();
+    let stored = store
+        .read_raw(s, TsMs(T0), TsMs(T0 + DAY), 100)
+        .await
+        .unwrap();
     assert_points_eq(&stored, &[power(T0, 1.0), want, p2], "no duplicate rows");
 
     // An upsert of a point without values keeps what is stored.
@@ -537,10 +706,17 @@ pub async fn duplicates_stored_once(store: &dyn Store) {
 
 pub async fn upsert_out_of_order_keeps_order(store: &dyn Store) {
     let s = one_series(store).await;
-    let on_time: Vec<Point> = [0, 10, 20, 30].iter().map(|&i| power(T0 + i * SEC, i as f64)).collect();
+    let on_time: Vec<Point> = [0, 10, 20, 30]
+        .iter()
+        .map(|&i| power(T0 + i * SEC, i as f64))
+        .collect();
     store.append(&batch(s, on_time)).await.unwrap();
     // Late points into the middle, given out of order, one of them overlaying.
-    let late = [power(T0 + 25 * SEC, 25.0), power(T0 + 5 * SEC, 5.0), pt(T0 + 10 * SEC, &[(Quantity::Voltage, 229.0)])];
+    let late = [
+        power(T0 + 25 * SEC, 25.0),
+        power(T0 + 5 * SEC, 5.0),
+        pt(T0 + 10 * SEC, &[(Quantity::Voltage, 229.0)]),
+    ];
     let got = store.upsert(s, &late).await.unwrap();
     let mut got_ts = ts_of(&got);
     got_ts.sort();
@@ -549,18 +725,30 @@ pub async fn upsert_out_of_order_keeps_order(store: &dyn Store) {
     assert_eq!(ten.values.get(Quantity::Power), Some(10.0));
     assert_eq!(ten.values.get(Quantity::Voltage), Some(229.0));
 
-    let all = store.read_raw(s, TsMs(T0), TsMs(T0 + DAY), 100).await.unwrap();
+    let all = store
+        .read_raw(s, TsMs(T0), TsMs(T0 + DAY), 100)
+        .await
+        .unwrap();
     assert_eq!(
         ts_of(&all),
-        [0, 5, 10, 20, 25, 30].iter().map(|i| T0 + i * SEC).collect::<Vec<_>>()
+        [0, 5, 10, 20, 25, 30]
+            .iter()
+            .map(|i| T0 + i * SEC)
+            .collect::<Vec<_>>()
     );
-    let before = store.read_raw_before(s, TsMs(T0 + 20 * SEC), 10).await.unwrap();
+    let before = store
+        .read_raw_before(s, TsMs(T0 + 20 * SEC), 10)
+        .await
+        .unwrap();
     assert_eq!(ts_of(&before), vec![T0 + 10 * SEC, T0 + 5 * SEC, T0]);
 
     // Late data from long ago (another month, another year) lands in place too.
     let old = [power(T0 - 40 * DAY, -40.0), power(T0 - 400 * DAY, -400.0)];
     store.upsert(s, &old).await.unwrap();
-    let all = store.read_raw(s, TsMs(0), TsMs(T0 + DAY), 100).await.unwrap();
+    let all = store
+        .read_raw(s, TsMs(0), TsMs(T0 + DAY), 100)
+        .await
+        .unwrap();
     assert_eq!(all.len(), 8);
     assert_eq!(&ts_of(&all)[..2], &[T0 - 400 * DAY, T0 - 40 * DAY]);
     assert_eq!(store.latest().await.unwrap()[0].1.ts, TsMs(T0 + 30 * SEC));
@@ -571,7 +759,10 @@ pub async fn latest_per_series(store: &dyn Store) {
     assert!(store.latest().await.unwrap().is_empty());
     let a: Vec<Point> = (0..20).map(|i| reading(T0 + i * SEC, i as usize)).collect();
     store.append(&batch(s[0], a.clone())).await.unwrap();
-    store.append(&batch(s[1], vec![power(T0 + 100 * DAY, 9.0)])).await.unwrap();
+    store
+        .append(&batch(s[1], vec![power(T0 + 100 * DAY, 9.0)]))
+        .await
+        .unwrap();
     // A late point does not move "latest"; a newer upsert does.
     store.upsert(s[1], &[power(T0, 1.0)]).await.unwrap();
     let mut latest = store.latest().await.unwrap();
@@ -581,7 +772,10 @@ pub async fn latest_per_series(store: &dyn Store) {
     assert_points_eq(&[latest[0].1], &a[19..], "latest of a");
     assert_eq!(latest[1], (s[1], power(T0 + 100 * DAY, 9.0)));
 
-    store.upsert(s[1], &[power(T0 + 101 * DAY, 10.0)]).await.unwrap();
+    store
+        .upsert(s[1], &[power(T0 + 101 * DAY, 10.0)])
+        .await
+        .unwrap();
     let latest = store.latest().await.unwrap();
     let b = latest.iter().find(|l| l.0 == s[1]).unwrap();
     assert_eq!(b.1, power(T0 + 101 * DAY, 10.0));
@@ -607,13 +801,22 @@ pub async fn f64_round_trip_is_bit_exact(store: &dyn Store) {
     for (i, v) in awkward.iter().enumerate() {
         let mut values = Values::new();
         for (k, q) in Quantity::ALL.iter().enumerate() {
-            values.set(*q, awkward[(i + k) % awkward.len()] * if k % 2 == 0 { 1.0 } else { -1.0 });
+            values.set(
+                *q,
+                awkward[(i + k) % awkward.len()] * if k % 2 == 0 { 1.0 } else { -1.0 },
+            );
         }
         values.set(Quantity::Power, *v);
-        pts.push(Point { ts: TsMs(T0 + i as i64 * SEC), values });
+        pts.push(Point {
+            ts: TsMs(T0 + i as i64 * SEC),
+            values,
+        });
     }
     store.append(&batch(s, pts.clone())).await.unwrap();
-    let got = store.read_raw(s, TsMs(T0), TsMs(T0 + DAY), 100).await.unwrap();
+    let got = store
+        .read_raw(s, TsMs(T0), TsMs(T0 + DAY), 100)
+        .await
+        .unwrap();
     assert_points_eq(&got, &pts, "append");
     let up = store.upsert(s, &pts[..3]).await.unwrap();
     assert_points_eq(&up, &pts[..3], "upsert");
@@ -622,16 +825,37 @@ pub async fn f64_round_trip_is_bit_exact(store: &dyn Store) {
 
     // Rollup min/max/last keep their bits too.
     let mut agg = Agg::default();
-    agg.stats[Quantity::Power.index()] = QStat { n: 3, sum: 1.0, min: 5e-324, max: f64::MAX, last: -0.0 };
-    agg.stats[Quantity::Frequency.index()] = QStat { n: 1, sum: 0.1 + 0.2, min: 0.1 + 0.2, max: 0.1 + 0.2, last: 0.1 + 0.2 };
+    agg.stats[Quantity::Power.index()] = QStat {
+        n: 3,
+        sum: 1.0,
+        min: 5e-324,
+        max: f64::MAX,
+        last: -0.0,
+    };
+    agg.stats[Quantity::Frequency.index()] = QStat {
+        n: 1,
+        sum: 0.1 + 0.2,
+        min: 0.1 + 0.2,
+        max: 0.1 + 0.2,
+        last: 0.1 + 0.2,
+    };
     agg.energy_import_kwh = 12_345_678.901_234_567;
     agg.last_ts = TsMs(T0 + 59 * SEC);
-    let w = RollupWrite { replace: vec![(BucketTier::Minute, row(s, T0, agg))], ..Default::default() };
+    let w = RollupWrite {
+        replace: vec![(BucketTier::Minute, row(s, T0, agg))],
+        ..Default::default()
+    };
     store.write_rollups(&w).await.unwrap();
-    let got = store.read_rollups(BucketTier::Minute, s, TsMs(T0), TsMs(T0 + MIN)).await.unwrap();
+    let got = store
+        .read_rollups(BucketTier::Minute, s, TsMs(T0), TsMs(T0 + MIN))
+        .await
+        .unwrap();
     assert_eq!(got.len(), 1);
     assert_agg_eq(&got[0].agg, &agg, "awkward rollup");
-    assert_eq!(got[0].agg.energy_import_kwh.to_bits(), agg.energy_import_kwh.to_bits());
+    assert_eq!(
+        got[0].agg.energy_import_kwh.to_bits(),
+        agg.energy_import_kwh.to_bits()
+    );
 }
 
 pub async fn timestamps_round_trip_exactly(store: &dyn Store) {
@@ -651,10 +875,16 @@ pub async fn timestamps_round_trip_exactly(store: &dyn Store) {
     stamps.sort();
     let pts: Vec<Point> = stamps.iter().map(|&t| power(t, t as f64)).collect();
     store.append(&batch(s, pts.clone())).await.unwrap();
-    let got = store.read_raw(s, TsMs(0), TsMs(i64::MAX), 100).await.unwrap();
+    let got = store
+        .read_raw(s, TsMs(0), TsMs(i64::MAX), 100)
+        .await
+        .unwrap();
     assert_points_eq(&got, &pts, "millisecond timestamps");
     // Exact bounds around one millisecond.
-    let one = store.read_raw(s, TsMs(T0 + 999), TsMs(T0 + 1_000), 10).await.unwrap();
+    let one = store
+        .read_raw(s, TsMs(T0 + 999), TsMs(T0 + 1_000), 10)
+        .await
+        .unwrap();
     assert_eq!(ts_of(&one), vec![T0 + 999]);
     let before = store.read_raw_before(s, TsMs(T0 + 1), 1).await.unwrap();
     assert_eq!(ts_of(&before), vec![T0]);
@@ -667,7 +897,10 @@ pub async fn timestamps_round_trip_exactly(store: &dyn Store) {
         ..Default::default()
     };
     store.write_rollups(&w).await.unwrap();
-    let got = store.read_rollups(BucketTier::Minute, s, TsMs(T0 + 7), TsMs(T0 + 8)).await.unwrap();
+    let got = store
+        .read_rollups(BucketTier::Minute, s, TsMs(T0 + 7), TsMs(T0 + 8))
+        .await
+        .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].bucket, TsMs(T0 + 7));
     assert_eq!(got[0].agg.last_ts, TsMs(T0 + 59_999));
@@ -691,8 +924,14 @@ pub async fn rollups_merge_replace_watermarks(store: &dyn Store) {
         ],
         0.25,
     );
-    let bb = agg_of(&[power(b + 30 * SEC, 50.0), power(b + 40 * SEC, 400.0)], 0.5);
-    let c = agg_of(&[pt(b + 10 * SEC, &[(Current, 2.0), (Power, 500.0)])], 0.125);
+    let bb = agg_of(
+        &[power(b + 30 * SEC, 50.0), power(b + 40 * SEC, 400.0)],
+        0.5,
+    );
+    let c = agg_of(
+        &[pt(b + 10 * SEC, &[(Current, 2.0), (Power, 500.0)])],
+        0.125,
+    );
 
     let w = RollupWrite {
         merge: vec![(BucketTier::Minute, row(s1, b, a))],
@@ -700,27 +939,39 @@ pub async fn rollups_merge_replace_watermarks(store: &dyn Store) {
         ..Default::default()
     };
     store.write_rollups(&w).await.unwrap();
-    let got = store.read_rollups(BucketTier::Minute, s1, TsMs(b), TsMs(b + MIN)).await.unwrap();
+    let got = store
+        .read_rollups(BucketTier::Minute, s1, TsMs(b), TsMs(b + MIN))
+        .await
+        .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!((got[0].series, got[0].bucket), (s1, TsMs(b)));
     assert_agg_eq(&got[0].agg, &a, "first merge is an insert");
 
     // Merging B then C (C in the same write as another merge of B's bucket on s2).
     let w = RollupWrite {
-        merge: vec![(BucketTier::Minute, row(s1, b, bb)), (BucketTier::Minute, row(s2, b, c))],
+        merge: vec![
+            (BucketTier::Minute, row(s1, b, bb)),
+            (BucketTier::Minute, row(s2, b, c)),
+        ],
         watermarks: vec![(s1, TsMs(b + 40 * SEC))],
         ..Default::default()
     };
     store.write_rollups(&w).await.unwrap();
     let w = RollupWrite {
-        merge: vec![(BucketTier::Minute, row(s1, b, c)), (BucketTier::Minute, row(s2, b, a))],
+        merge: vec![
+            (BucketTier::Minute, row(s1, b, c)),
+            (BucketTier::Minute, row(s2, b, a)),
+        ],
         ..Default::default()
     };
     store.write_rollups(&w).await.unwrap();
     let mut want = a;
     want.merge(&bb);
     want.merge(&c);
-    let got = store.read_rollups(BucketTier::Minute, s1, TsMs(b), TsMs(b + MIN)).await.unwrap();
+    let got = store
+        .read_rollups(BucketTier::Minute, s1, TsMs(b), TsMs(b + MIN))
+        .await
+        .unwrap();
     assert_agg_eq(&got[0].agg, &want, "A+B+C");
     // Spelled out, so that a wrong Agg::merge can't hide a wrong backend.
     let g = &got[0].agg;
@@ -737,10 +988,21 @@ pub async fn rollups_merge_replace_watermarks(store: &dyn Store) {
 
     let mut want2 = c;
     want2.merge(&a);
-    let got2 = store.read_rollups(BucketTier::Minute, s2, TsMs(b), TsMs(b + MIN)).await.unwrap();
+    let got2 = store
+        .read_rollups(BucketTier::Minute, s2, TsMs(b), TsMs(b + MIN))
+        .await
+        .unwrap();
     assert_agg_eq(&got2[0].agg, &want2, "s2: C+A");
-    assert_eq!(got2[0].agg.stat(Power).last, 500.0, "C is newer than A: its last stays");
-    assert_eq!(got2[0].agg.stat(Voltage).last, 232.0, "C had no voltage: A's last fills in");
+    assert_eq!(
+        got2[0].agg.stat(Power).last,
+        500.0,
+        "C is newer than A: its last stays"
+    );
+    assert_eq!(
+        got2[0].agg.stat(Voltage).last,
+        232.0,
+        "C had no voltage: A's last fills in"
+    );
 
     // Two merges of one bucket within one write combine too.
     let w = RollupWrite {
@@ -753,7 +1015,10 @@ pub async fn rollups_merge_replace_watermarks(store: &dyn Store) {
     store.write_rollups(&w).await.unwrap();
     let mut ab = a;
     ab.merge(&bb);
-    let got = store.read_rollups(BucketTier::Hour, s1, TsMs(T0), TsMs(T0 + HOUR)).await.unwrap();
+    let got = store
+        .read_rollups(BucketTier::Hour, s1, TsMs(T0), TsMs(T0 + HOUR))
+        .await
+        .unwrap();
     assert_eq!(got.len(), 1);
     assert_agg_eq(&got[0].agg, &ab, "two merges in one write");
 
@@ -763,7 +1028,10 @@ pub async fn rollups_merge_replace_watermarks(store: &dyn Store) {
         ..Default::default()
     };
     store.write_rollups(&w).await.unwrap();
-    let got = store.read_rollups(BucketTier::Minute, s1, TsMs(b), TsMs(b + MIN)).await.unwrap();
+    let got = store
+        .read_rollups(BucketTier::Minute, s1, TsMs(b), TsMs(b + MIN))
+        .await
+        .unwrap();
     assert_agg_eq(&got[0].agg, &c, "replaced");
     assert_eq!(got[0].agg.stat(Voltage).n, 0);
     // Replace into an empty bucket inserts.
@@ -772,23 +1040,38 @@ pub async fn rollups_merge_replace_watermarks(store: &dyn Store) {
         ..Default::default()
     };
     store.write_rollups(&w).await.unwrap();
-    let got = store.read_rollups(BucketTier::Day, s2, TsMs(T0), TsMs(T0 + DAY)).await.unwrap();
+    let got = store
+        .read_rollups(BucketTier::Day, s2, TsMs(T0), TsMs(T0 + DAY))
+        .await
+        .unwrap();
     assert_agg_eq(&got[0].agg, &bb, "replace inserts");
 
     // Watermarks are persisted and never go backwards.
     let wm = |store_list: Vec<crate::SeriesInfo>, id: SeriesId| {
-        store_list.iter().find(|i| i.id == id).unwrap().rollup_watermark
+        store_list
+            .iter()
+            .find(|i| i.id == id)
+            .unwrap()
+            .rollup_watermark
     };
     let info = store.list_series().await.unwrap();
     assert_eq!(wm(info.clone(), s1), Some(TsMs(b + 40 * SEC)));
     assert_eq!(wm(info, s2), None);
     let w = RollupWrite {
-        watermarks: vec![(s1, TsMs(b)), (s2, TsMs(T0 + HOUR)), (s2, TsMs(T0 + 2 * HOUR))],
+        watermarks: vec![
+            (s1, TsMs(b)),
+            (s2, TsMs(T0 + HOUR)),
+            (s2, TsMs(T0 + 2 * HOUR)),
+        ],
         ..Default::default()
     };
     store.write_rollups(&w).await.unwrap();
     let info = store.list_series().await.unwrap();
-    assert_eq!(wm(info.clone(), s1), Some(TsMs(b + 40 * SEC)), "no going back");
+    assert_eq!(
+        wm(info.clone(), s1),
+        Some(TsMs(b + 40 * SEC)),
+        "no going back"
+    );
     assert_eq!(wm(info, s2), Some(TsMs(T0 + 2 * HOUR)));
     let w = RollupWrite {
         watermarks: vec![(s1, TsMs(b + HOUR))],
@@ -819,31 +1102,68 @@ pub async fn read_rollups_bounds_per_tier(store: &dyn Store) {
     w.merge.reverse();
     store.write_rollups(&w).await.unwrap();
 
-    for (tier, step) in [(BucketTier::Minute, MIN), (BucketTier::Hour, HOUR), (BucketTier::Day, DAY)] {
-        let all = store.read_rollups(tier, s[0], TsMs(T0), TsMs(T0 + 30 * step)).await.unwrap();
+    for (tier, step) in [
+        (BucketTier::Minute, MIN),
+        (BucketTier::Hour, HOUR),
+        (BucketTier::Day, DAY),
+    ] {
+        let all = store
+            .read_rollups(tier, s[0], TsMs(T0), TsMs(T0 + 30 * step))
+            .await
+            .unwrap();
         assert_eq!(all.len(), 30, "{tier:?}");
         let buckets: Vec<i64> = all.iter().map(|r| r.bucket.0).collect();
-        assert_eq!(buckets, (0..30).map(|i| T0 + i * step).collect::<Vec<_>>(), "{tier:?} ascending");
+        assert_eq!(
+            buckets,
+            (0..30).map(|i| T0 + i * step).collect::<Vec<_>>(),
+            "{tier:?} ascending"
+        );
         assert!(all.iter().all(|r| r.series == s[0]));
         for (i, r) in all.iter().enumerate() {
-            assert_eq!(r.agg.stat(Quantity::Power).last, (i * 10) as f64, "{tier:?} row {i}");
+            assert_eq!(
+                r.agg.stat(Quantity::Power).last,
+                (i * 10) as f64,
+                "{tier:?} row {i}"
+            );
             assert_eq!(r.agg.energy_import_kwh, i as f64);
         }
         // `from` inclusive, `to` exclusive.
-        let mid = store.read_rollups(tier, s[0], TsMs(T0 + 3 * step), TsMs(T0 + 7 * step)).await.unwrap();
-        assert_eq!(mid.iter().map(|r| r.bucket.0).collect::<Vec<_>>(), (3..7).map(|i| T0 + i * step).collect::<Vec<_>>());
-        let off = store.read_rollups(tier, s[0], TsMs(T0 + 3 * step + 1), TsMs(T0 + 7 * step + 1)).await.unwrap();
+        let mid = store
+            .read_rollups(tier, s[0], TsMs(T0 + 3 * step), TsMs(T0 + 7 * step))
+            .await
+            .unwrap();
+        assert_eq!(
+            mid.iter().map(|r| r.bucket.0).collect::<Vec<_>>(),
+            (3..7).map(|i| T0 + i * step).collect::<Vec<_>>()
+        );
+        let off = store
+            .read_rollups(tier, s[0], TsMs(T0 + 3 * step + 1), TsMs(T0 + 7 * step + 1))
+            .await
+            .unwrap();
         assert_eq!(off.first().map(|r| r.bucket.0), Some(T0 + 4 * step));
         assert_eq!(off.len(), 4);
-        assert!(store.read_rollups(tier, s[0], TsMs(T0 + step), TsMs(T0 + step)).await.unwrap().is_empty());
-        let other = store.read_rollups(tier, s[1], TsMs(T0), TsMs(T0 + 2 * step)).await.unwrap();
+        assert!(store
+            .read_rollups(tier, s[0], TsMs(T0 + step), TsMs(T0 + step))
+            .await
+            .unwrap()
+            .is_empty());
+        let other = store
+            .read_rollups(tier, s[1], TsMs(T0), TsMs(T0 + 2 * step))
+            .await
+            .unwrap();
         assert_eq!(other.len(), 2);
         assert_eq!(other[1].agg.stat(Quantity::Power).last, 11.0);
-        let wide = store.read_rollups(tier, s[0], TsMs(i64::MIN), TsMs(i64::MAX)).await.unwrap();
+        let wide = store
+            .read_rollups(tier, s[0], TsMs(i64::MIN), TsMs(i64::MAX))
+            .await
+            .unwrap();
         assert_eq!(wide.len(), 30);
     }
     // Tiers are separate tables: hourly buckets 0..30 h are not visible as minutes.
-    let minutes = store.read_rollups(BucketTier::Minute, s[0], TsMs(T0), TsMs(T0 + 30 * DAY)).await.unwrap();
+    let minutes = store
+        .read_rollups(BucketTier::Minute, s[0], TsMs(T0), TsMs(T0 + 30 * DAY))
+        .await
+        .unwrap();
     assert_eq!(minutes.len(), 30);
 }
 
@@ -851,7 +1171,10 @@ pub async fn retention_by_tier(store: &dyn Store) {
     let s = one_series(store).await;
     let now = T0 + 100 * DAY; // 2026-04-11
     let ages = [400, 90, 40, 31, 29, 1, 0]; // days
-    let pts: Vec<Point> = ages.iter().map(|&d| power(now - d * DAY - SEC, d as f64)).collect();
+    let pts: Vec<Point> = ages
+        .iter()
+        .map(|&d| power(now - d * DAY - SEC, d as f64))
+        .collect();
     store.append(&batch(s, pts.clone())).await.unwrap();
     let mut w = RollupWrite::default();
     for (tier, d) in [
@@ -862,7 +1185,8 @@ pub async fn retention_by_tier(store: &dyn Store) {
         (BucketTier::Day, 800),
     ] {
         let t = now - d * DAY;
-        w.merge.push((tier, row(s, t, agg_of(&[power(t, 1.0)], 1.0))));
+        w.merge
+            .push((tier, row(s, t, agg_of(&[power(t, 1.0)], 1.0))));
     }
     store.write_rollups(&w).await.unwrap();
 
@@ -874,26 +1198,72 @@ pub async fn retention_by_tier(store: &dyn Store) {
     };
     let removed = store.apply_retention(&policy, TsMs(now)).await.unwrap();
     assert!(removed > 0, "something was removed");
-    let left = store.read_raw(s, TsMs(0), TsMs(i64::MAX), 100).await.unwrap();
-    assert_eq!(ts_of(&left), ts_of(&pts[4..]), "raw older than 30 days is gone");
-    let minutes = store.read_rollups(BucketTier::Minute, s, TsMs(0), TsMs(i64::MAX)).await.unwrap();
-    assert_eq!(minutes.iter().map(|r| r.bucket.0).collect::<Vec<_>>(), vec![now - DAY]);
-    let hours = store.read_rollups(BucketTier::Hour, s, TsMs(0), TsMs(i64::MAX)).await.unwrap();
+    let left = store
+        .read_raw(s, TsMs(0), TsMs(i64::MAX), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        ts_of(&left),
+        ts_of(&pts[4..]),
+        "raw older than 30 days is gone"
+    );
+    let minutes = store
+        .read_rollups(BucketTier::Minute, s, TsMs(0), TsMs(i64::MAX))
+        .await
+        .unwrap();
+    assert_eq!(
+        minutes.iter().map(|r| r.bucket.0).collect::<Vec<_>>(),
+        vec![now - DAY]
+    );
+    let hours = store
+        .read_rollups(BucketTier::Hour, s, TsMs(0), TsMs(i64::MAX))
+        .await
+        .unwrap();
     assert_eq!(hours.len(), 2, "hours are kept forever");
-    let days = store.read_rollups(BucketTier::Day, s, TsMs(0), TsMs(i64::MAX)).await.unwrap();
+    let days = store
+        .read_rollups(BucketTier::Day, s, TsMs(0), TsMs(i64::MAX))
+        .await
+        .unwrap();
     assert_eq!(days.len(), 1, "days are kept forever");
 
     // Nothing left to remove; later writes into old and new months still work.
     assert_eq!(store.apply_retention(&policy, TsMs(now)).await.unwrap(), 0);
-    store.upsert(s, &[power(now - 20 * DAY, 20.0)]).await.unwrap();
-    store.append(&batch(s, vec![power(now + SEC, -1.0)])).await.unwrap();
-    let left = store.read_raw(s, TsMs(0), TsMs(i64::MAX), 100).await.unwrap();
+    store
+        .upsert(s, &[power(now - 20 * DAY, 20.0)])
+        .await
+        .unwrap();
+    store
+        .append(&batch(s, vec![power(now + SEC, -1.0)]))
+        .await
+        .unwrap();
+    let left = store
+        .read_raw(s, TsMs(0), TsMs(i64::MAX), 100)
+        .await
+        .unwrap();
     assert_eq!(left.len(), 5);
 
     // A keep-everything policy removes nothing.
-    let forever = Retention { raw_days: None, minute_days: None, hour_days: None, day_days: None };
-    assert_eq!(store.apply_retention(&forever, TsMs(now + 1_000 * DAY)).await.unwrap(), 0);
-    assert_eq!(store.read_raw(s, TsMs(0), TsMs(i64::MAX), 100).await.unwrap().len(), 5);
+    let forever = Retention {
+        raw_days: None,
+        minute_days: None,
+        hour_days: None,
+        day_days: None,
+    };
+    assert_eq!(
+        store
+            .apply_retention(&forever, TsMs(now + 1_000 * DAY))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .read_raw(s, TsMs(0), TsMs(i64::MAX), 100)
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
 }
 
 // ---- shape and scale
@@ -901,23 +1271,36 @@ pub async fn retention_by_tier(store: &dyn Store) {
 pub async fn months_and_years(store: &dyn Store) {
     let s = one_series(store).await;
     let stamps: Vec<i64> = vec![
-        1_735_689_599_999, // 2024-12-31T23:59:59.999Z
-        T0,                // 2026-01-01T00:00:00.000Z
+        1_735_689_599_999,                                     // 2024-12-31T23:59:59.999Z
+        T0,                                                    // 2026-01-01T00:00:00.000Z
         T0 + 30 * DAY + 23 * HOUR + 59 * MIN + 59 * SEC + 999, // 2026-01-31T23:59:59.999Z
-        T0 + 31 * DAY,     // 2026-02-01
-        1_772_236_800_000, // 2026-02-28
-        1_835_395_200_000, // 2028-02-29 (leap day)
-        1_907_712_000_000, // 2030-06-15
+        T0 + 31 * DAY,                                         // 2026-02-01
+        1_772_236_800_000,                                     // 2026-02-28
+        1_835_395_200_000,                                     // 2028-02-29 (leap day)
+        1_907_712_000_000,                                     // 2030-06-15
     ];
-    let pts: Vec<Point> = stamps.iter().enumerate().map(|(i, &t)| reading(t, i)).collect();
+    let pts: Vec<Point> = stamps
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| reading(t, i))
+        .collect();
     // One append spanning many months and years.
     store.append(&batch(s, pts.clone())).await.unwrap();
-    let all = store.read_raw(s, TsMs(0), TsMs(i64::MAX), 100).await.unwrap();
+    let all = store
+        .read_raw(s, TsMs(0), TsMs(i64::MAX), 100)
+        .await
+        .unwrap();
     assert_points_eq(&all, &pts, "all months");
     // Exactly January 2026, and reads across partition boundaries.
-    let jan = store.read_raw(s, TsMs(T0), TsMs(T0 + 31 * DAY), 100).await.unwrap();
+    let jan = store
+        .read_raw(s, TsMs(T0), TsMs(T0 + 31 * DAY), 100)
+        .await
+        .unwrap();
     assert_eq!(ts_of(&jan), stamps[1..3].to_vec());
-    let span = store.read_raw(s, TsMs(stamps[0]), TsMs(stamps[5] + 1), 100).await.unwrap();
+    let span = store
+        .read_raw(s, TsMs(stamps[0]), TsMs(stamps[5] + 1), 100)
+        .await
+        .unwrap();
     assert_eq!(ts_of(&span), stamps[..6].to_vec());
     let limited = store.read_raw(s, TsMs(0), TsMs(i64::MAX), 3).await.unwrap();
     assert_eq!(ts_of(&limited), stamps[..3].to_vec());
@@ -926,11 +1309,19 @@ pub async fn months_and_years(store: &dyn Store) {
     assert_eq!(store.latest().await.unwrap()[0].1.ts, TsMs(stamps[6]));
     // Overlay across a month boundary.
     let merged = store
-        .upsert(s, &[pt(stamps[0], &[(Quantity::Frequency, 50.0)]), pt(stamps[1], &[(Quantity::Frequency, 49.9)])])
+        .upsert(
+            s,
+            &[
+                pt(stamps[0], &[(Quantity::Frequency, 50.0)]),
+                pt(stamps[1], &[(Quantity::Frequency, 49.9)]),
+            ],
+        )
         .await
         .unwrap();
     assert_eq!(merged.len(), 2);
-    assert!(merged.iter().all(|p| p.values.get(Quantity::Voltage).is_some()));
+    assert!(merged
+        .iter()
+        .all(|p| p.values.get(Quantity::Voltage).is_some()));
     assert_eq!(merged[0].values.get(Quantity::Frequency), Some(50.0));
 }
 
@@ -957,7 +1348,10 @@ pub async fn large_append_reads_back_exactly(store: &dyn Store) {
         .collect();
     store.append(&batch).await.unwrap();
     for sp in &batch {
-        let got = store.read_raw(sp.series, TsMs(0), TsMs(i64::MAX), 10_000).await.unwrap();
+        let got = store
+            .read_raw(sp.series, TsMs(0), TsMs(i64::MAX), 10_000)
+            .await
+            .unwrap();
         assert_points_eq(&got, &sp.points, &format!("series {}", sp.series));
     }
     assert_eq!(store.latest().await.unwrap().len(), 100);
@@ -966,12 +1360,17 @@ pub async fn large_append_reads_back_exactly(store: &dyn Store) {
 pub async fn disk_bytes_grows(store: &dyn Store) {
     let s = one_series(store).await;
     let before = store.disk_bytes().await.unwrap();
-    let pts: Vec<Point> = (0..20_000).map(|i| reading(T0 + i as i64 * SEC, i)).collect();
+    let pts: Vec<Point> = (0..20_000)
+        .map(|i| reading(T0 + i as i64 * SEC, i))
+        .collect();
     store.append(&batch(s, pts)).await.unwrap();
     store.maintain(TsMs(T0 + DAY)).await.unwrap();
     let after = store.disk_bytes().await.unwrap();
     assert!(after > 0);
-    assert!(after > before, "disk bytes {before} -> {after} after 20,000 readings");
+    assert!(
+        after > before,
+        "disk bytes {before} -> {after} after 20,000 readings"
+    );
 }
 
 pub async fn maintain_is_idempotent(store: &dyn Store) {
@@ -980,9 +1379,18 @@ pub async fn maintain_is_idempotent(store: &dyn Store) {
     store.maintain(now).await.unwrap();
     let again = store.maintain(now).await.unwrap();
     assert_eq!(again.partitions_created, 0, "nothing new to create");
-    store.append(&batch(s, vec![power(now.0, 1.0), power(now.0 + 20 * DAY, 2.0)])).await.unwrap();
+    store
+        .append(&batch(
+            s,
+            vec![power(now.0, 1.0), power(now.0 + 20 * DAY, 2.0)],
+        ))
+        .await
+        .unwrap();
     store.maintain(now).await.unwrap();
-    let got = store.read_raw(s, now, TsMs(now.0 + 60 * DAY), 10).await.unwrap();
+    let got = store
+        .read_raw(s, now, TsMs(now.0 + 60 * DAY), 10)
+        .await
+        .unwrap();
     assert_eq!(got.len(), 2);
 }
 
@@ -992,26 +1400,46 @@ pub async fn concurrent_writers(store: &dyn Store) {
     let writer = |series: SeriesId, k: i64| async move {
         for chunk in 0..4 {
             let pts: Vec<Point> = (0..500)
-                .map(|i| power(T0 + (chunk * 500 + i) * SEC, (k * 10_000 + chunk * 500 + i) as f64))
+                .map(|i| {
+                    power(
+                        T0 + (chunk * 500 + i) * SEC,
+                        (k * 10_000 + chunk * 500 + i) as f64,
+                    )
+                })
                 .collect();
             store.append(&batch(series, pts)).await.unwrap();
             // Everyone also overlays its own quantity onto the same shared points.
             let q = Quantity::ALL[k as usize];
-            let late: Vec<Point> = (0..50).map(|i| pt(T0 + i * SEC, &[(q, k as f64)])).collect();
+            let late: Vec<Point> = (0..50)
+                .map(|i| pt(T0 + i * SEC, &[(q, k as f64)]))
+                .collect();
             store.upsert(shared, &late).await.unwrap();
         }
     };
     tokio::join!(writer(s[0], 0), writer(s[1], 1), writer(s[2], 2));
     for (k, series) in s[..3].iter().enumerate() {
-        let got = store.read_raw(*series, TsMs(0), TsMs(i64::MAX), 10_000).await.unwrap();
+        let got = store
+            .read_raw(*series, TsMs(0), TsMs(i64::MAX), 10_000)
+            .await
+            .unwrap();
         assert_eq!(got.len(), 2_000);
-        assert_eq!(got[1_999].values.get(Quantity::Power), Some((k * 10_000 + 1_999) as f64));
+        assert_eq!(
+            got[1_999].values.get(Quantity::Power),
+            Some((k * 10_000 + 1_999) as f64)
+        );
     }
-    let got = store.read_raw(shared, TsMs(0), TsMs(i64::MAX), 10_000).await.unwrap();
+    let got = store
+        .read_raw(shared, TsMs(0), TsMs(i64::MAX), 10_000)
+        .await
+        .unwrap();
     assert_eq!(got.len(), 50);
     for p in got {
         for k in 0..3 {
-            assert_eq!(p.values.get(Quantity::ALL[k]), Some(k as f64), "overlays don't clobber");
+            assert_eq!(
+                p.values.get(Quantity::ALL[k]),
+                Some(k as f64),
+                "overlays don't clobber"
+            );
         }
     }
 }
@@ -1022,7 +1450,11 @@ pub async fn empty_writes_are_noops(store: &dyn Store) {
     store.append(&batch(s, vec![])).await.unwrap();
     assert!(store.upsert(s, &[]).await.unwrap().is_empty());
     store.write_rollups(&RollupWrite::default()).await.unwrap();
-    assert!(store.read_raw(s, TsMs(0), TsMs(i64::MAX), 10).await.unwrap().is_empty());
+    assert!(store
+        .read_raw(s, TsMs(0), TsMs(i64::MAX), 10)
+        .await
+        .unwrap()
+        .is_empty());
     assert!(store.latest().await.unwrap().is_empty());
     assert_eq!(store.list_series().await.unwrap()[0].rollup_watermark, None);
 }

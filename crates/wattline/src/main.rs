@@ -1,1 +1,74 @@
-fn main() {}
+//! The `wattline` binary: parses the command line and hands over to the library crates.
+
+mod config;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "wattline", version, about = "Self-hosted energy monitoring")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the server.
+    Serve(ServeArgs),
+    /// Print every configuration option with its default, as TOML with comments.
+    Config,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// HTTP API address, e.g. 0.0.0.0:8080 (port 0 picks a free one).
+    #[arg(long)]
+    http: Option<String>,
+    /// Data directory (embedded database, generated admin token).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// PostgreSQL URL instead of the embedded store.
+    #[arg(long)]
+    database: Option<String>,
+    /// Log format: text or json.
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+            let flags = config::Overrides {
+                http: args.http,
+                data_dir: args.data_dir,
+                database: args.database,
+                log_format: args.log_format,
+            };
+            let config = config::Config::load(args.config.as_deref(), &env, &flags)?;
+            serve::init_logging(&config);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(serve::run(config))
+        }
+        Command::Config => {
+            let defaults = toml::Table::try_from(config::Config::default())?;
+            for (key, doc) in config::docs() {
+                println!("# {doc}");
+                match defaults.get(*key) {
+                    Some(v) => println!("{key} = {v}\n"),
+                    None => println!("# {key} = (unset)\n"),
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Configuration: built-in defaults, then a TOML file, then `WATTLINE_*` environment
+//! variables, then command-line flags; each layer overrides the one before.
+//!
+//! Loading takes the environment as a map, so tests never touch the process environment.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// Every option, with its default. `docs()` describes each; a test keeps the two in step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub http: String,
+    pub data_dir: PathBuf,
+    pub database: Option<String>,
+    pub admin_token: Option<String>,
+    pub timezone: String,
+    pub max_body_bytes: usize,
+    pub retention_raw_days: u32,
+    pub retention_minute_days: u32,
+    pub retention_hour_days: u32,
+    pub retention_day_days: u32,
+    pub max_queued_readings: usize,
+    pub rollup_flush_ms: u64,
+    pub max_power_w: f64,
+    pub max_integration_gap_s: u64,
+    pub log_format: String,
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http: "0.0.0.0:8080".into(),
+            data_dir: PathBuf::from("wattline-data"),
+            database: None,
+            admin_token: None,
+            timezone: "UTC".into(),
+            max_body_bytes: 16 * 1024 * 1024,
+            retention_raw_days: 30,
+            retention_minute_days: 365,
+            retention_hour_days: 0,
+            retention_day_days: 0,
+            max_queued_readings: 500_000,
+            rollup_flush_ms: 2_000,
+            max_power_w: 1_000_000.0,
+            max_integration_gap_s: 600,
+            log_format: "text".into(),
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// (option, description) for every field, in the order the README lists them.
+pub fn docs() -> &'static [(&'static str, &'static str)] {
+    &[
+        ("http", "Address of the HTTP API (port 0 picks a free port; the bound address is logged)."),
+        ("data_dir", "Directory for the embedded database and the generated admin token; created on first start."),
+        ("database", "`postgres://user:pass@host:port/db` to store in PostgreSQL instead of the embedded SQLite file."),
+        ("admin_token", "The admin token. Unset: read from `<data_dir>/admin-token`, generated there (mode 600) on first start."),
+        ("timezone", "IANA time zone of the default site and of sites created without one."),
+        ("max_body_bytes", "Largest request body accepted (after gzip decompression)."),
+        ("retention_raw_days", "Days raw readings are kept (0 = forever)."),
+        ("retention_minute_days", "Days per-minute rollups are kept (0 = forever)."),
+        ("retention_hour_days", "Days hourly rollups are kept (0 = forever)."),
+        ("retention_day_days", "Days daily rollups are kept (0 = forever)."),
+        ("max_queued_readings", "Readings that may wait for storage before writers are held back (backpressure)."),
+        ("rollup_flush_ms", "How often pending rollups are merged into storage."),
+        ("max_power_w", "Highest plausible power of one channel; a counter jump needing more is a meter change, not use."),
+        ("max_integration_gap_s", "Longest gap across which power is integrated into energy when a meter sends no counter."),
+        ("log_format", "`text` or `json`."),
+        ("log_level", "Log filter, e.g. `info` or `wattline=debug` (RUST_LOG overrides)."),
+    ]
+}
+
+/// Values given on the command line; `None` leaves the lower layers' value.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub http: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub database: Option<String>,
+    pub log_format: Option<String>,
+}
+
+impl Config {
+    /// Builds the configuration from its layers: `file` (TOML, optional), `env` (only keys
+    /// starting with `WATTLINE_` are read) and `flags`.
+    pub fn load(
+        file: Option<&Path>,
+        env: &HashMap<String, String>,
+        flags: &Overrides,
+    ) -> anyhow::Result<Config> {
+        let defaults = toml::Table::try_from(Config::default()).context("serializing defaults")?;
+        let mut table = defaults.clone();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            let file_table: toml::Table = toml::from_str(&text)
+                .with_context(|| format!("parsing config file {}", path.display()))?;
+            table.extend(file_table);
+        }
+        let known: Vec<&str> = docs().iter().map(|(k, _)| *k).collect();
+        // WATTLINE_TEST_* variables configure the test suite, not the server.
+        let mut env_keys: Vec<&String> = env
+            .keys()
+            .filter(|k| k.starts_with("WATTLINE_") && !k.starts_with("WATTLINE_TEST_"))
+            .collect();
+        env_keys.sort();
+        for key in env_keys {
+            let name = key["WATTLINE_".len()..].to_ascii_lowercase();
+            if !known.contains(&name.as_str()) {
+                bail!(
+                    "unknown environment variable {key}; known options: {}",
+                    known.join(", ")
+                );
+            }
+            let raw = &env[key];
+            let value = match defaults.get(&name) {
+                Some(toml::Value::Integer(_)) => toml::Value::Integer(
+                    raw.trim()
+                        .parse()
+                        .with_context(|| format!("{key}={raw:?} is not a whole number"))?,
+                ),
+                Some(toml::Value::Float(_)) => toml::Value::Float(
+                    raw.trim()
+                        .parse()
+                        .with_context(|| format!("{key}={raw:?} is not a number"))?,
+                ),
+                Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
+                    raw.trim()
+                        .parse()
+                        .with_context(|| format!("{key}={raw:?} is not true or false"))?,
+                ),
+                _ => toml::Value::String(raw.clone()),
+            };
+            table.insert(name, value);
+        }
+        let mut set = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                table.insert(k.into(), toml::Value::String(v));
+            }
+        };
+        set("http", flags.http.clone());
+        set(
+            "data_dir",
+            flags.data_dir.as_ref().map(|p| p.display().to_string()),
+        );
+        set("database", flags.database.clone());
+        set("log_format", flags.log_format.clone());
+        let config: Config = table.try_into().context("invalid configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.http_addr()?;
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            bail!("log_format must be text or json, not {:?}", self.log_format);
+        }
+        wattline_domain::time::parse_zone(&self.timezone)
+            .map_err(|e| anyhow::anyhow!("timezone: {e}"))?;
+        if let Some(db) = &self.database {
+            if !(db.starts_with("postgres://") || db.starts_with("postgresql://")) {
+                bail!("database must be a postgres:// URL (leave it unset for the embedded store)");
+            }
+        }
+        if self.max_body_bytes < 1024 {
+            bail!("max_body_bytes must be at least 1024");
+        }
+        Ok(())
+    }
+
+    pub fn http_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.http.parse().with_context(|| {
+            format!(
+                "http address {:?} is not host:port (e.g. 0.0.0.0:8080)",
+                self.http
+            )
+        })
+    }
+
+    pub fn retention(&self) -> wattline_storage::Retention {
+        let days = |d: u32| (d > 0).then_some(d);
+        wattline_storage::Retention {
+            raw_days: days(self.retention_raw_days),
+            minute_days: days(self.retention_minute_days),
+            hour_days: days(self.retention_hour_days),
+            day_days: days(self.retention_day_days),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn every_option_is_documented() {
+        let mut fields: Vec<String> = toml::Table::try_from(Config {
+            database: Some(String::new()),
+            admin_token: Some(String::new()),
+            ..Config::default()
+        })
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+        let mut documented: Vec<String> = docs().iter().map(|(k, _)| k.to_string()).collect();
+        fields.sort();
+        documented.sort();
+        assert_eq!(fields, documented);
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("w.toml");
+        std::fs::write(
+            &file,
+            "http = \"127.0.0.1:9000\"\nretention_raw_days = 7\ntimezone = \"Europe/Zurich\"\n",
+        )
+        .unwrap();
+        let e = env(&[
+            ("WATTLINE_RETENTION_RAW_DAYS", "14"),
+            ("WATTLINE_ADMIN_TOKEN", "123"),
+            ("HOME", "/root"),
+        ]);
+        let flags = Overrides {
+            http: Some("127.0.0.1:0".into()),
+            ..Default::default()
+        };
+        let c = Config::load(Some(&file), &e, &flags).unwrap();
+        assert_eq!(c.http, "127.0.0.1:0", "flag beats file");
+        assert_eq!(c.retention_raw_days, 14, "env beats file");
+        assert_eq!(c.timezone, "Europe/Zurich", "file beats default");
+        assert_eq!(
+            c.admin_token.as_deref(),
+            Some("123"),
+            "a numeric-looking token stays a string"
+        );
+        assert_eq!(c.retention_minute_days, 365);
+    }
+
+    #[test]
+    fn bad_configuration_names_the_option() {
+        let err = Config::load(
+            None,
+            &env(&[("WATTLINE_RETENTION_RAW_DAYS", "a week")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("WATTLINE_RETENTION_RAW_DAYS"),
+            "{err:#}"
+        );
+        let err =
+            Config::load(None, &env(&[("WATTLINE_HTPP", "x")]), &Overrides::default()).unwrap_err();
+        assert!(format!("{err:#}").contains("unknown environment variable WATTLINE_HTPP"));
+        let err = Config::load(
+            None,
+            &env(&[("WATTLINE_TIMEZONE", "Mars/Olympus")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("Mars/Olympus"));
+    }
+}

@@ -1,0 +1,166 @@
+//! `wattline serve`: open storage, start the engine, serve HTTP, shut down cleanly.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use wattline_domain::{Site, SiteId, TsMs};
+use wattline_ingest::{Engine, EngineConfig};
+use wattline_storage::{DynStore, StoreError};
+use wattline_web::{auth, AppState};
+
+use crate::config::Config;
+
+/// The site devices join when created without one; exists from the first start.
+pub const DEFAULT_SITE: &str = "default";
+
+pub fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<DynStore> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    match &config.database {
+        None => {
+            let path = config.data_dir.join("wattline.db");
+            let store = wattline_storage::sqlite::SqliteStore::open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            tracing::info!(path = %path.display(), "embedded store open");
+            Ok(Arc::new(store))
+        }
+        #[cfg(feature = "postgres")]
+        Some(url) => {
+            let store = wattline_storage::postgres::PgStore::connect(url)
+                .await
+                .context("connecting to PostgreSQL")?;
+            tracing::info!("PostgreSQL store open");
+            Ok(Arc::new(store))
+        }
+        #[cfg(not(feature = "postgres"))]
+        Some(_) => anyhow::bail!("this build has no PostgreSQL support (feature `postgres`)"),
+    }
+}
+
+/// The admin token's hash: from the configuration, else from `<data_dir>/admin-token`,
+/// generated there on first start and readable by the owner only.
+fn admin_token_hash(config: &Config) -> anyhow::Result<String> {
+    if let Some(token) = &config.admin_token {
+        anyhow::ensure!(
+            token.len() >= 16,
+            "admin_token must be at least 16 characters"
+        );
+        return Ok(auth::hash_token(token));
+    }
+    let path = config.data_dir.join("admin-token");
+    if path.exists() {
+        let token = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        tracing::info!(path = %path.display(), "admin token read from file");
+        return Ok(auth::hash_token(token.trim()));
+    }
+    let token = auth::new_token("wla");
+    write_private(&path, &token)?;
+    tracing::warn!(path = %path.display(), "generated an admin token; read it from this file (mode 600)");
+    Ok(auth::hash_token(&token))
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+async fn ensure_default_site(store: &DynStore, timezone: &str) -> anyhow::Result<()> {
+    let site = Site {
+        id: SiteId::parse(DEFAULT_SITE).expect("valid id"),
+        name: "Default site".into(),
+        timezone: timezone.into(),
+        created_at: TsMs::now(),
+    };
+    match store.create_site(&site).await {
+        Ok(()) | Err(StoreError::Conflict(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight writes");
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let addr = config.http_addr()?;
+    // Bind first: a taken port should fail before anything else is touched.
+    let listener = TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen for HTTP on {addr} (in use?); choose another with --http ADDR or WATTLINE_HTTP")
+    })?;
+    let store = open_store(&config).await?;
+    ensure_default_site(&store, &config.timezone).await?;
+    let admin_token_hash = admin_token_hash(&config)?;
+    let engine_config = EngineConfig {
+        energy: wattline_domain::energy::EnergyConfig {
+            max_power_w: config.max_power_w,
+            max_gap_ms: config.max_integration_gap_s as i64 * 1000,
+            ..Default::default()
+        },
+        max_queued_readings: config.max_queued_readings,
+        rollup_flush_interval: std::time::Duration::from_millis(config.rollup_flush_ms.max(100)),
+        retention: config.retention(),
+        ..EngineConfig::default()
+    };
+    let (engine, tasks) = Engine::start(store, engine_config).await?;
+    let state = AppState {
+        engine,
+        admin_token_hash: admin_token_hash.into(),
+        limits: Arc::new(wattline_domain::Limits::default()),
+        max_body_bytes: config.max_body_bytes,
+        default_site: DEFAULT_SITE.into(),
+        default_timezone: config.timezone.clone(),
+    };
+    let bound = listener.local_addr()?;
+    tracing::info!(http_addr = %bound, "Wattline HTTP API listening on http://{bound}");
+    wattline_web::serve(listener, state, shutdown_signal()).await?;
+    tasks.shutdown().await;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! `POST /api/v1/readings` (JSON) and `POST /write`, `POST /api/v2/write` (line protocol).
+//!
+//! A batch with some bad lines is stored in part: every good reading is stored (durably, as
+//! for any success) and the answer is `400 partial_write` listing the rejected lines, the way
+//! InfluxDB answers a partial write. Telegraf and Influx clients then drop the bad lines
+//! instead of retrying the batch forever. A batch whose every line is good gets 204 (line
+//! protocol) or 200 with the count (JSON).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+use wattline_decode::{parse_json_readings, parse_line_protocol, LineError, Outcome, Precision};
+use wattline_domain::TsMs;
+
+use crate::auth::{authenticate, Principal};
+use crate::error::{ApiError, ApiResult};
+use crate::AppState;
+
+/// How many rejected lines an answer lists; the count covers all of them.
+const MAX_LISTED_ERRORS: usize = 100;
+
+#[derive(Debug, Deserialize)]
+pub struct WriteParams {
+    precision: Option<String>,
+    /// InfluxDB 1.x clients send credentials as `u` and `p`.
+    p: Option<String>,
+}
+
+/// Reads the body within the configured limit, gunzipping it when the client compressed it
+/// (Telegraf's InfluxDB v2 output does by default).
+async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> ApiResult<Bytes> {
+    let limit = state.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body is larger than the limit of {limit} bytes; send smaller batches"),
+        )
+    };
+    let raw = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())?;
+    let gzip = headers
+        .get(axum::http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    if !gzip {
+        return Ok(raw);
+    }
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&raw[..])
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| ApiError::bad_request("bad_gzip", format!("body is not valid gzip: {e}")))?;
+    if out.len() > limit {
+        return Err(too_large());
+    }
+    Ok(out.into())
+}
+
+/// Drops readings whose device does not exist or that the caller may not write. They are
+/// reported once per device with a count: a gateway with one unregistered meter should see
+/// one clear error, not thousands.
+fn authorize(state: &AppState, principal: &Principal, outcome: &mut Outcome) {
+    let registry = state.engine.registry();
+    let mut refused: BTreeMap<wattline_domain::DeviceId, (&'static str, usize)> = BTreeMap::new();
+    let mut verdicts: HashMap<wattline_domain::DeviceId, Option<&'static str>> = HashMap::new();
+    outcome.readings.retain(|reading| {
+        let verdict = *verdicts.entry(reading.device.clone()).or_insert_with(|| {
+            match registry.device_site(&reading.device) {
+                None => Some("unknown_device"),
+                Some(site) if !principal.may_write(&reading.device, &site) => {
+                    Some("forbidden_device")
+                }
+                Some(_) => None,
+            }
+        });
+        match verdict {
+            None => true,
+            Some(code) => {
+                state.engine.metrics().reject(code, 1);
+                refused.entry(reading.device.clone()).or_insert((code, 0)).1 += 1;
+                false
+            }
+        }
+    });
+    for (device, (code, n)) in refused {
+        let why = if code == "unknown_device" {
+            "is not registered (create it with POST /api/v1/devices)"
+        } else {
+            "may not be written with this token"
+        };
+        outcome.errors.push(LineError {
+            line: 0,
+            field: Some("device".into()),
+            code,
+            message: format!("device {:?} {why}: {n} reading(s) refused", device.as_str()),
+        });
+    }
+}
+
+/// Stores what is good and says what was not.
+async fn store(
+    state: &AppState,
+    principal: Principal,
+    mut outcome: Outcome,
+    transport: &str,
+) -> ApiResult<(usize, Outcome)> {
+    let metrics = state.engine.metrics();
+    for e in &outcome.errors {
+        metrics.reject(e.code, 1);
+    }
+    authorize(state, &principal, &mut outcome);
+    if !outcome.errors.is_empty() {
+        let first = &outcome.errors[0];
+        tracing::warn!(
+            transport,
+            rejected = outcome.errors.len(),
+            first_code = first.code,
+            first = %first.message,
+            "rejected readings"
+        );
+    }
+    let readings = std::mem::take(&mut outcome.readings);
+    let accepted = state.engine.write(readings).await?;
+    Ok((accepted, outcome))
+}
+
+fn partial_error(accepted: usize, outcome: &Outcome) -> ApiError {
+    let listed: Vec<_> = outcome
+        .errors
+        .iter()
+        .take(MAX_LISTED_ERRORS)
+        .map(|e| json!({"line": e.line, "field": e.field, "code": e.code, "message": e.message}))
+        .collect();
+    let first = &outcome.errors[0];
+    let (status, code) =
+        if accepted == 0 && outcome.errors.iter().all(|e| e.code == "unknown_device") {
+            (StatusCode::NOT_FOUND, "unknown_device")
+        } else if accepted == 0 && outcome.errors.iter().all(|e| e.code == "forbidden_device") {
+            (StatusCode::FORBIDDEN, "forbidden_device")
+        } else if accepted == 0 {
+            (StatusCode::BAD_REQUEST, first.code)
+        } else {
+            (StatusCode::BAD_REQUEST, "partial_write")
+        };
+    let message = format!(
+        "{} of {} readings rejected, {accepted} stored; first: {}",
+        outcome.errors.len(),
+        outcome.errors.len() + accepted,
+        first.message
+    );
+    ApiError::new(status, code, message).with_details(json!({
+        "accepted": accepted,
+        "rejected": outcome.errors.len(),
+        "lines": listed,
+    }))
+}
+
+pub async fn write_line_protocol(
+    State(state): State<AppState>,
+    Query(params): Query<WriteParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let principal = authenticate(&state, &headers, params.p.as_deref()).await?;
+    let precision = match params.precision.as_deref() {
+        None | Some("") => Precision::Ns,
+        Some(p) => Precision::parse(p).ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_precision",
+                format!("precision {p:?} is not one of ns, us, ms, s"),
+            )
+        })?,
+    };
+    let body = read_body(&state, &headers, body).await?;
+    let now = TsMs::now();
+    let limits = state.limits.clone();
+    // Parsing a large batch takes milliseconds: keep it off the async workers.
+    let outcome =
+        tokio::task::spawn_blocking(move || parse_line_protocol(&body, precision, now, &limits))
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "parser failed",
+                )
+            })?;
+    let (accepted, outcome) = store(&state, principal, outcome, "http-lp").await?;
+    if outcome.errors.is_empty() {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(partial_error(accepted, &outcome))
+    }
+}
+
+pub async fn write_json(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let principal = authenticate(&state, &headers, None).await?;
+    let body = read_body(&state, &headers, body).await?;
+    let now = TsMs::now();
+    let limits = state.limits.clone();
+    let outcome = tokio::task::spawn_blocking(move || parse_json_readings(&body, now, &limits))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "parser failed",
+            )
+        })?;
+    let (accepted, outcome) = store(&state, principal, outcome, "http-json").await?;
+    if outcome.errors.is_empty() {
+        Ok(Json(json!({
+            "accepted": accepted,
+            "unknown_fields": outcome.unknown_fields,
+        }))
+        .into_response())
+    } else {
+        Err(partial_error(accepted, &outcome))
+    }
+}

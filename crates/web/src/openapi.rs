@@ -1,0 +1,223 @@
+//! `GET /api/v1/openapi.json`: the API described in OpenAPI 3.0. A test checks that every
+//! route of the router appears here, so the document cannot fall behind.
+
+use axum::Json;
+use serde_json::{json, Value};
+
+fn err(description: &str) -> Value {
+    json!({"description": description,
+           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+fn ok_json(description: &str, schema: Value) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": schema}}})
+}
+
+fn path_id(name: &str, what: &str) -> Value {
+    json!({"name": name, "in": "path", "required": true, "description": what,
+           "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,64}$"}})
+}
+
+fn query(name: &str, what: &str, schema: Value) -> Value {
+    json!({"name": name, "in": "query", "required": false, "description": what, "schema": schema})
+}
+
+fn time_param(name: &str, what: &str) -> Value {
+    query(
+        name,
+        &format!("{what}: RFC 3339 or unix milliseconds"),
+        json!({"type": "string"}),
+    )
+}
+
+/// The common failures of an admin route.
+fn admin_errors(mut responses: Value) -> Value {
+    responses["400"] = err("Bad input; the message names what is wrong");
+    responses["401"] = err("No or unknown token");
+    responses["403"] = err("The token is not the admin token");
+    responses
+}
+
+pub fn spec() -> Value {
+    let device_id = path_id("id", "Device id");
+    let site_id = path_id("id", "Site id");
+    let range = vec![
+        time_param("from", "Start, inclusive"),
+        time_param("to", "End, exclusive"),
+    ];
+    let quantities: Vec<&str> = wattline_domain::Quantity::ALL
+        .iter()
+        .map(|q| q.field())
+        .collect();
+    json!({
+      "openapi": "3.0.3",
+      "info": {
+        "title": "Wattline API",
+        "version": env!("CARGO_PKG_VERSION"),
+        "description": "Meter readings in (JSON, InfluxDB line protocol), devices and sites, queries. \
+          Authenticate with `Authorization: Token <token>` (or Bearer). Errors are \
+          `{\"error\": {\"code\", \"message\"}}` with a stable code."
+      },
+      "components": {
+        "securitySchemes": {
+          "token": {"type": "http", "scheme": "bearer", "description": "Admin, site ingest or device token"}
+        },
+        "schemas": {
+          "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+            "type": "object", "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                           "accepted": {"type": "integer"}, "rejected": {"type": "integer"},
+                           "lines": {"type": "array", "items": {"type": "object"}}}}}},
+          "Reading": {"type": "object", "required": ["device"], "properties": {
+            "device": {"type": "string"}, "channel": {"type": "string"},
+            "ts": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
+            "voltage": {"type": "number"}, "current": {"type": "number"}, "power": {"type": "number"},
+            "apparent_power": {"type": "number"}, "reactive_power": {"type": "number"},
+            "power_factor": {"type": "number"}, "frequency": {"type": "number"},
+            "energy": {"type": "number", "description": "Cumulative imported energy, kWh"},
+            "energy_export": {"type": "number", "description": "Cumulative exported energy, kWh"}}},
+          "Site": {"type": "object", "properties": {"id": {"type": "string"}, "name": {"type": "string"},
+            "timezone": {"type": "string"}, "created_at": {"type": "string"}}},
+          "NewSite": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
+            "id": {"type": "string"}, "name": {"type": "string"}, "timezone": {"type": "string"}}},
+          "Device": {"type": "object", "properties": {"id": {"type": "string"}, "name": {"type": "string"},
+            "site": {"type": "string"}, "kind": {"type": "string"},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "created_at": {"type": "string"}, "last_seen": {"type": "string", "nullable": true},
+            "latest": {"type": "object"}, "token": {"type": "string", "description": "Only when created"}}},
+          "NewDevice": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
+            "id": {"type": "string"}, "name": {"type": "string"}, "site": {"type": "string"},
+            "kind": {"type": "string"}, "labels": {"type": "object", "additionalProperties": {"type": "string"}}}},
+          "Series": {"type": "object", "properties": {
+            "tier": {"type": "string", "enum": ["raw", "1m", "1h", "1d"]}, "quantity": {"type": "string"},
+            "unit": {"type": "string"}, "channel": {"type": "string", "nullable": true},
+            "t": {"type": "array", "items": {"type": "integer"}},
+            "avg": {"type": "array", "items": {"type": "number"}},
+            "min": {"type": "array", "items": {"type": "number"}},
+            "max": {"type": "array", "items": {"type": "number"}}}}
+        }
+      },
+      "security": [{"token": []}],
+      "paths": {
+        "/healthz": {"get": {"summary": "Liveness and storage health", "security": [],
+          "responses": {"200": ok_json("Healthy", json!({"type": "object"})), "503": ok_json("Storage unavailable", json!({"type": "object"}))}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "security": [],
+          "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [],
+          "responses": {"200": ok_json("OpenAPI 3.0", json!({"type": "object"}))}}},
+        "/api/v1/readings": {"post": {"summary": "Write readings as JSON (one object or an array)",
+          "description": "A batch with bad items is stored in part: good readings are stored and 400 partial_write lists the rest.",
+          "requestBody": {"required": true, "content": {"application/json": {"schema": {"oneOf": [
+            {"$ref": "#/components/schemas/Reading"}, {"type": "array", "items": {"$ref": "#/components/schemas/Reading"}}]}}}},
+          "responses": {"200": ok_json("Stored durably", json!({"type": "object", "properties": {"accepted": {"type": "integer"}}})),
+            "400": err("Bad readings (partial_write: the good ones were stored)"), "401": err("No or unknown token"),
+            "403": err("Token may not write these devices"), "404": err("Unknown device"),
+            "413": err("Body too large"), "503": err("Storage is behind; retry")}}},
+        "/write": {"post": {"summary": "InfluxDB 1.x line protocol write",
+          "parameters": [query("precision", "Timestamp unit", json!({"type": "string", "enum": ["ns", "us", "ms", "s"]})),
+                         query("db", "Ignored (InfluxDB compatibility)", json!({"type": "string"})),
+                         query("p", "Token as InfluxDB 1.x password", json!({"type": "string"}))],
+          "requestBody": {"required": true, "content": {"text/plain": {"schema": {"type": "string"}}}},
+          "responses": {"204": {"description": "Stored durably"}, "400": err("Bad lines (partial_write: the good ones were stored)"),
+            "401": err("No or unknown token"), "403": err("Token may not write these devices"),
+            "404": err("Unknown device"), "413": err("Body too large"), "503": err("Storage is behind; retry")}}},
+        "/api/v2/write": {"post": {"summary": "InfluxDB 2.x line protocol write",
+          "parameters": [query("precision", "Timestamp unit", json!({"type": "string", "enum": ["ns", "us", "ms", "s"]})),
+                         query("org", "Ignored", json!({"type": "string"})), query("bucket", "Ignored", json!({"type": "string"}))],
+          "requestBody": {"required": true, "content": {"text/plain": {"schema": {"type": "string"}}}},
+          "responses": {"204": {"description": "Stored durably"}, "400": err("Bad lines"), "401": err("No or unknown token"),
+            "403": err("Forbidden device"), "404": err("Unknown device"), "413": err("Body too large"), "503": err("Storage is behind")}}},
+        "/api/v1/sites": {
+          "get": {"summary": "List sites", "responses": admin_errors(json!({"200": ok_json("Sites", json!({"type": "array", "items": {"$ref": "#/components/schemas/Site"}}))}))},
+          "post": {"summary": "Create a site", "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NewSite"}}}},
+            "responses": admin_errors(json!({"201": ok_json("Created", json!({"$ref": "#/components/schemas/Site"})), "409": err("Id taken")}))}},
+        "/api/v1/sites/{id}": {
+          "parameters": [site_id.clone()],
+          "get": {"summary": "One site", "responses": admin_errors(json!({"200": ok_json("Site", json!({"$ref": "#/components/schemas/Site"})), "404": err("No such site")}))},
+          "patch": {"summary": "Rename or change the zone", "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object",
+              "additionalProperties": false, "properties": {"name": {"type": "string"}, "timezone": {"type": "string"}}}}}},
+            "responses": admin_errors(json!({"200": ok_json("Site", json!({"$ref": "#/components/schemas/Site"})), "404": err("No such site")}))},
+          "delete": {"summary": "Delete an empty site", "responses": admin_errors(json!({"204": {"description": "Deleted"}, "404": err("No such site"), "409": err("Site has devices")}))}},
+        "/api/v1/sites/{id}/tokens": {
+          "parameters": [site_id.clone()],
+          "get": {"summary": "List the site's ingest tokens (without secrets)", "responses": admin_errors(json!({"200": ok_json("Tokens", json!({"type": "array", "items": {"type": "object"}})), "404": err("No such site")}))},
+          "post": {"summary": "Create an ingest token for gateways and Telegraf; the secret is shown only here",
+            "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false, "properties": {"name": {"type": "string"}}}}}},
+            "responses": admin_errors(json!({"201": ok_json("Created", json!({"type": "object"})), "404": err("No such site")}))}},
+        "/api/v1/sites/{id}/tokens/{token_id}": {
+          "parameters": [site_id, path_id("token_id", "Token id")],
+          "delete": {"summary": "Revoke an ingest token", "responses": admin_errors(json!({"204": {"description": "Revoked"}, "404": err("No such token")}))}},
+        "/api/v1/devices": {
+          "get": {"summary": "Every device with its latest reading", "responses": admin_errors(json!({"200": ok_json("Devices", json!({"type": "array", "items": {"$ref": "#/components/schemas/Device"}}))}))},
+          "post": {"summary": "Register a device; its token is shown only in this answer",
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NewDevice"}}}},
+            "responses": admin_errors(json!({"201": ok_json("Created", json!({"$ref": "#/components/schemas/Device"})), "409": err("Id taken")}))}},
+        "/api/v1/devices/{id}": {
+          "parameters": [device_id.clone()],
+          "get": {"summary": "One device", "responses": admin_errors(json!({"200": ok_json("Device", json!({"$ref": "#/components/schemas/Device"})), "404": err("No such device")}))},
+          "patch": {"summary": "Change name, site, kind or labels", "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object",
+              "additionalProperties": false, "properties": {"name": {"type": "string"}, "site": {"type": "string"}, "kind": {"type": "string"},
+              "labels": {"type": "object", "additionalProperties": {"type": "string"}}}}}}},
+            "responses": admin_errors(json!({"200": ok_json("Device", json!({"$ref": "#/components/schemas/Device"})), "404": err("No such device")}))},
+          "delete": {"summary": "Delete a device and all its data", "responses": admin_errors(json!({"204": {"description": "Deleted"}, "404": err("No such device")}))}},
+        "/api/v1/devices/{id}/token": {
+          "parameters": [device_id.clone()],
+          "post": {"summary": "Rotate the device token (the old one stops working)", "responses": admin_errors(json!({"200": ok_json("New token", json!({"type": "object"})), "404": err("No such device")}))}},
+        "/api/v1/devices/{id}/series": {
+          "parameters": [device_id.clone()],
+          "get": {"summary": "One quantity over time at the finest tier that fits max_points",
+            "parameters": [range[0].clone(), range[1].clone(),
+              query("quantity", "Quantity (default power)", json!({"type": "string", "enum": quantities})),
+              query("channel", "Channel (default: the only one, or main)", json!({"type": "string"})),
+              query("max_points", "Most points wanted (default 1000)", json!({"type": "integer", "minimum": 1, "maximum": 100000}))],
+            "responses": admin_errors(json!({"200": ok_json("Series", json!({"$ref": "#/components/schemas/Series"})), "404": err("No such device or channel")}))}},
+        "/api/v1/devices/{id}/stats": {
+          "parameters": [device_id.clone()],
+          "get": {"summary": "avg/min/max/last of each quantity and energy used, per channel",
+            "parameters": [range[0].clone(), range[1].clone(), query("channel", "Only this channel", json!({"type": "string"}))],
+            "responses": admin_errors(json!({"200": ok_json("Statistics", json!({"type": "object"})), "404": err("No such device")}))}},
+        "/api/v1/devices/{id}/energy": {
+          "parameters": [device_id],
+          "get": {"summary": "kWh per hour, day or month in the site's time zone",
+            "parameters": [range[0].clone(), range[1].clone(),
+              query("interval", "Bucket size", json!({"type": "string", "enum": ["hour", "day", "month"]})),
+              query("channel", "Only this channel", json!({"type": "string"}))],
+            "responses": admin_errors(json!({"200": ok_json("Energy", json!({"type": "object"})), "404": err("No such device")}))}},
+        "/api/v1/export": {"get": {"summary": "Raw readings as CSV, streamed",
+          "parameters": [query("device", "One device (default all)", json!({"type": "string"})), range[0].clone(), range[1].clone(),
+            query("format", "Only csv", json!({"type": "string", "enum": ["csv"]}))],
+          "responses": admin_errors(json!({"200": {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}}, "404": err("No such device")}))}}
+      }
+    })
+}
+
+pub async fn document() -> Json<Value> {
+    Json(spec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_router_route_is_documented() {
+        let src = include_str!("lib.rs");
+        let spec = spec();
+        let paths = spec["paths"].as_object().unwrap();
+        let mut seen = 0;
+        for part in src.split(".route(").skip(1) {
+            let path = part
+                .trim_start()
+                .trim_start_matches('"')
+                .split('"')
+                .next()
+                .unwrap();
+            assert!(
+                paths.contains_key(path),
+                "route {path} is missing from openapi.json"
+            );
+            seen += 1;
+        }
+        assert!(seen >= 15, "found only {seen} routes in lib.rs");
+    }
+}
