@@ -33,6 +33,7 @@ fn synthesize(n: usize) -> String {
 }
 
 /// Nanoseconds this thread has been on a CPU (Linux), so a busy machine skews the rate less.
+/// The kernel updates it at scheduler ticks, so only long spans are meaningful.
 fn cpu_ns() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
     s.split_whitespace().next()?.parse().ok()
@@ -40,23 +41,23 @@ fn cpu_ns() -> Option<u64> {
 
 fn measure(what: &str, items: usize, runs: usize, mut f: impl FnMut() -> (usize, usize)) {
     let mut best = f64::INFINITY;
-    let mut best_cpu = f64::INFINITY;
     let mut counts = (0, 0);
+    let c0 = cpu_ns();
     for _ in 0..runs {
-        let c0 = cpu_ns();
         let t = Instant::now();
         counts = f();
         best = best.min(t.elapsed().as_secs_f64());
-        if let (Some(a), Some(b)) = (c0, cpu_ns()) {
-            best_cpu = best_cpu.min((b - a) as f64 / 1e9);
-        }
     }
+    let cpu = match (c0, cpu_ns()) {
+        (Some(a), Some(b)) if b > a => (b - a) as f64 / 1e9 / runs as f64,
+        _ => f64::NAN,
+    };
     println!(
-        "{what}: {} readings, {} errors; best of {runs}: {:.0} k readings/s ({:.0} k/s in CPU time)",
+        "{what}: {} readings, {} errors; best of {runs}: {:.0} k readings/s (mean in CPU time: {:.0} k/s)",
         counts.0,
         counts.1,
         items as f64 / best / 1e3,
-        items as f64 / best_cpu / 1e3
+        items as f64 / cpu / 1e3
     );
 }
 

@@ -1,7 +1,8 @@
 //! InfluxDB line protocol: `measurement,tag=v field=1.5,other=2i 1767632400000000000`.
 //!
 //! The parser works on bytes, one line at a time, and allocates only what the reading owns (its
-//! device id and channel) unless something needs unescaping or a line is refused.
+//! device id and channel) unless a name needs unescaping, an unknown field name is seen for the
+//! first time or a line is refused.
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -747,7 +748,7 @@ impl Parser<'_> {
 
         // Timestamp.
         i = skip_ws(b, i);
-        let mut ts_raw: Option<(i64, &[u8])> = None;
+        let mut ts_raw: Option<(TsMs, &[u8])> = None;
         if i < n {
             let (mut e, r) = lex_i64(b, i);
             let valid_end = matches!(b.get(e), None | Some(b' ' | b'\t'));
@@ -758,7 +759,17 @@ impl Parser<'_> {
             }
             let tok = &b[i..e];
             match r {
-                Ok(t) if valid_end => ts_raw = Some((t, tok)),
+                Ok(t) if valid_end => match self.precision.to_ms(t) {
+                    Some(ms) => ts_raw = Some((TsMs(ms), tok)),
+                    None => {
+                        let msg = format!(
+                            "timestamp {} is out of range at precision {}",
+                            text(tok),
+                            self.precision.as_str()
+                        );
+                        return Err(fail::bad_ts(None, msg));
+                    }
+                },
                 Err(NumError::OutOfRange) if valid_end => {
                     let msg = format!("timestamp {} is out of range", text(tok));
                     return Err(fail::bad_ts(None, msg));
@@ -805,20 +816,7 @@ impl Parser<'_> {
             );
             return Err(Fail::new(codes::NO_VALUES, None, msg));
         }
-        let ts = match ts_raw {
-            None => self.now,
-            Some((t, tok)) => match self.precision.to_ms(t) {
-                Some(ms) => TsMs(ms),
-                None => {
-                    let msg = format!(
-                        "timestamp {} is out of range at precision {}",
-                        text(tok),
-                        self.precision.as_str()
-                    );
-                    return Err(fail::bad_ts(None, msg));
-                }
-            },
-        };
+        let ts = ts_raw.map_or(self.now, |(ts, _)| ts);
         if let Err(e) = self.limits.check_ts(ts, self.now) {
             let raw: Cow<'_, str> = match ts_raw {
                 Some((_, tok)) => text(tok),

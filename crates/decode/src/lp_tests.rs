@@ -127,6 +127,8 @@ fn number_forms() {
         let r = one(&format!("m,device=d power={text}"));
         assert_eq!(r.values.get(Q::Power), Some(*want), "{text}");
     }
+    let r = one("m,device=d energy=37140176170.030556");
+    assert_eq!(r.values.get(Q::Energy), Some(37_140_176_170.030_556));
     // Beyond any limit, but still read exactly.
     let lex = |t: &str| lex_number(t.as_bytes(), 0).1.ok();
     assert_eq!(lex("9007199254740993"), Some(9_007_199_254_740_992.0));
@@ -381,6 +383,9 @@ fn precisions() {
     let e = parse_p("m,device=a power=1 9223372036854775807", Precision::S).errors;
     assert_eq!(e[0].code, "bad_timestamp");
     assert!(e[0].message.contains("at precision s"), "{}", e[0].message);
+    // An unusable timestamp is a syntax-level problem: reported before the missing device.
+    let e = parse_p("m power=1 9223372036854775807", Precision::S).errors;
+    assert_eq!(e[0].code, "bad_timestamp");
 
     for (s, p) in [
         ("ns", Precision::Ns),

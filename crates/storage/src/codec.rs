@@ -99,7 +99,7 @@ pub const MAX_POINTS: usize = 1_000_000;
 const FLAG_ZSTD: u8 = 0x01;
 const ZSTD_LEVEL: i32 = 3;
 /// Bodies smaller than this are not worth a zstd attempt.
-const ZSTD_MIN_BODY: usize = 64;
+const ZSTD_MIN_BODY: usize = 256;
 const CHECKSUM_LEN: usize = 4;
 const QUANTITY_BITS: u16 = (1 << Quantity::COUNT) - 1;
 
@@ -523,27 +523,38 @@ fn block_choice(block: &[u64]) -> (u8, u64) {
         return (ZERO_BLOCK as u8, u64::from(BLOCK_HEADER_BITS));
     }
     let cost = |k: u32| -> u64 { block.iter().map(|&x| rice_len(x, k)).sum() };
-    // The cost is close to convex in k: start near log2 of the mean, which is near the
-    // optimum for geometric-like residuals, and walk downhill.
     let k_max = (64 - max.leading_zeros()).min(MAX_RICE_K);
-    let mean = sum / block.len() as u64;
-    let mut k = (64 - mean.leading_zeros()).saturating_sub(1).min(k_max);
-    let mut bits = cost(k);
-    let mut moved_down = false;
-    while k > 0 {
-        let lower = cost(k - 1);
-        if lower >= bits {
-            break;
+    let (k, bits) = if block.len() <= 16 {
+        // Few values: one outlier can make the cost bumpy, so try every k.
+        (0..=k_max)
+            .map(|k| (k, cost(k)))
+            .min_by_key(|&(_, bits)| bits)
+            .expect("k = 0 is always tried")
+    } else {
+        // The cost is close to convex in k once there are enough values: start near log2 of
+        // the mean without the largest value (near the optimum for geometric-like residuals,
+        // and not thrown off by the first value of a stream or a load step) and walk downhill.
+        let rest = sum - max.min(1 << 48);
+        let mean = rest / (block.len() as u64 - 1);
+        let mut k = (64 - mean.leading_zeros()).saturating_sub(1).min(k_max);
+        let mut bits = cost(k);
+        let mut moved_down = false;
+        while k > 0 {
+            let lower = cost(k - 1);
+            if lower >= bits {
+                break;
+            }
+            (k, bits, moved_down) = (k - 1, lower, true);
         }
-        (k, bits, moved_down) = (k - 1, lower, true);
-    }
-    while !moved_down && k < k_max {
-        let higher = cost(k + 1);
-        if higher >= bits {
-            break;
+        while !moved_down && k < k_max {
+            let higher = cost(k + 1);
+            if higher >= bits {
+                break;
+            }
+            (k, bits) = (k + 1, higher);
         }
-        (k, bits) = (k + 1, higher);
-    }
+        (k, bits)
+    };
     (k as u8, bits + u64::from(BLOCK_HEADER_BITS))
 }
 
@@ -667,11 +678,13 @@ fn decode_body(body: &[u8], n: usize) -> Result<Vec<Point>> {
 
     let pred = Predictor::from_u8(r.u8("timestamp predictor")?)?;
     let section = r.section("timestamps")?;
+    check_rice_room(section, n, "timestamps")?;
     let mut ts = Vec::with_capacity(n);
     decode_ints(section, n, pred, "timestamps", |x| ts.push(x))?;
 
     let run_count = r.varint("mask run count")?;
-    if run_count == 0 || run_count > n as u64 {
+    // Each run takes at least two bytes.
+    if run_count == 0 || run_count > n as u64 || run_count > (r.rest().len() / 2) as u64 {
         return Err(CodecError::Invalid {
             what: "mask run count",
             value: run_count,
@@ -785,6 +798,7 @@ fn decode_column(r: &mut ByteReader<'_>, m: usize) -> Result<Vec<f64>> {
                 next = idx + 1;
             }
             let section = r.section("decimal column")?;
+            check_rice_room(section, m, "decimal column")?;
             let p = POW10[usize::from(k)];
             let mut values = Vec::with_capacity(m);
             decode_ints(section, m, pred, "decimal column", |i| {
@@ -846,6 +860,16 @@ fn decode_predicted(
         h.push(x);
         sink(x);
     })
+}
+
+/// Refuses a Rice stream too short to hold `count` values (each block of 64 takes at least
+/// its 6-bit header), before anything is allocated for them.
+fn check_rice_room(bytes: &[u8], count: usize, what: &'static str) -> Result<()> {
+    let min_bits = count.div_ceil(BLOCK) as u64 * u64::from(BLOCK_HEADER_BITS);
+    if min_bits > bytes.len() as u64 * 8 {
+        return Err(CodecError::Truncated(what));
+    }
+    Ok(())
 }
 
 fn rice_decode(
@@ -1486,8 +1510,9 @@ mod tests {
             })
             .collect();
         let bytes = assert_round_trip(&constant);
+        // Zero blocks: 6 bits per 64 timestamps or values.
         assert!(
-            bytes.len() < 100,
+            bytes.len() < 500,
             "constant chunk took {} bytes",
             bytes.len()
         );
@@ -1539,6 +1564,18 @@ mod tests {
         let series: Vec<Vec<Point>> = (1..=3).map(|d| synthetic(3600, 10_000, d)).collect();
         let per = bytes_per_reading("synthetic 0.1 Hz", &series);
         assert!(per < 12.0, "{per:.3} bytes per reading");
+    }
+
+    #[test]
+    fn small_chunks_stay_small() {
+        // Appends write small chunks before compaction merges them; a few outliers (the
+        // first values) must not inflate the Rice parameter of a short block.
+        for n in [1, 2, 5, 10, 30] {
+            let points = synthetic(n, 1000, 9);
+            let len = assert_round_trip(&points).len();
+            println!("codec: {n}-point chunk: {len} bytes");
+            assert!(len <= 50 + 8 * n, "{n} points took {len} bytes");
+        }
     }
 
     #[test]

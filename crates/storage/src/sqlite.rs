@@ -1142,6 +1142,14 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn checkpoint(&self) -> Result<()> {
+        self.write(|w| {
+            w.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn disk_bytes(&self) -> Result<u64> {
         let base = self.path.clone();
         let mut total = file_size(&base);

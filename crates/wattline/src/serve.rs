@@ -56,7 +56,7 @@ async fn open_store(config: &Config) -> anyhow::Result<DynStore> {
 /// The admin token's hash: from the configuration, else from `<data_dir>/admin-token`,
 /// generated there on first start and readable by the owner only.
 fn admin_token_hash(config: &Config) -> anyhow::Result<String> {
-    if let Some(token) = &config.admin_token {
+    if let Some(token) = config.admin_token.as_ref().filter(|t| !t.is_empty()) {
         anyhow::ensure!(
             token.len() >= 16,
             "admin_token must be at least 16 characters"

@@ -1,0 +1,9 @@
+//! Black-box tests: the built `wattline` binary, real SQLite files, a real PostgreSQL, HTTP.
+
+mod admin;
+mod durability;
+mod energy;
+mod ingest;
+mod postgres;
+mod query;
+mod support;

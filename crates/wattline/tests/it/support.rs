@@ -1,0 +1,393 @@
+//! A real `wattline serve` process on a free port with its own data directory, and a small
+//! HTTP client for it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const ADMIN: &str = "test-admin-token-0123456789";
+
+/// The PostgreSQL server tests use: `WATTLINE_TEST_PG` or the local one.
+pub fn pg_base_url() -> String {
+    std::env::var("WATTLINE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A fresh PostgreSQL database for one test, or `None` (with a loud message) when no server
+/// answers outside CI. In CI a missing server fails the test.
+pub fn fresh_pg_database(tag: &str) -> Option<String> {
+    let base = pg_base_url();
+    let name = format!(
+        "wl_it_{tag}_{}_{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos() % 1_000_000
+    );
+    let out = Command::new("psql")
+        .args([
+            &format!("{base}/postgres"),
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qc",
+            &format!("CREATE DATABASE {name}"),
+        ])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Some(format!("{base}/{name}")),
+        other => {
+            let why = match other {
+                Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+                Err(e) => e.to_string(),
+            };
+            if std::env::var("CI").is_ok() {
+                panic!("PostgreSQL at {base} is needed in CI and could not be used: {why}");
+            }
+            eprintln!("\n!!! SKIPPING PostgreSQL test: {base} unavailable ({why}) !!!\n");
+            None
+        }
+    }
+}
+
+pub fn drop_pg_database(url: &str) {
+    let (base, name) = url.rsplit_once('/').expect("url with database");
+    let _ = Command::new("psql")
+        .args([
+            &format!("{base}/postgres"),
+            "-qc",
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        ])
+        .output();
+}
+
+#[derive(Default, Clone)]
+pub struct Options {
+    pub database: Option<String>,
+    pub env: Vec<(String, String)>,
+}
+
+pub struct TestServer {
+    child: Option<Child>,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub options: Options,
+    log: Arc<Mutex<String>>,
+    _tmp: Arc<tempfile::TempDir>,
+    agent: ureq::Agent,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        Self::start_with(Options::default())
+    }
+
+    pub fn start_with(options: Options) -> TestServer {
+        let tmp = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let data_dir = tmp.path().join("data");
+        Self::launch(options, data_dir, tmp)
+    }
+
+    fn launch(options: Options, data_dir: PathBuf, tmp: Arc<tempfile::TempDir>) -> TestServer {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wattline"));
+        cmd.args(["serve", "--http", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir)
+            .env("WATTLINE_ADMIN_TOKEN", ADMIN)
+            .env("WATTLINE_ROLLUP_FLUSH_MS", "300")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(db) = &options.database {
+            cmd.args(["--database", db]);
+        }
+        for (k, v) in &options.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start wattline");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let _ = tx.send(addr);
+                }
+                let mut l = log2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("wattline did not start; log:\n{}", log.lock().unwrap());
+            }
+        };
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        TestServer {
+            child: Some(child),
+            base: format!("http://{addr}"),
+            data_dir,
+            options,
+            log,
+            _tmp: tmp,
+            agent,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// `kill -9`: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill -9");
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running server");
+        let status = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = c.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts a new process on the same data directory (and database).
+    pub fn restart(self) -> TestServer {
+        let mut me = self;
+        if me.child.is_some() {
+            me.terminate();
+        }
+        let (options, data_dir, tmp) = (me.options.clone(), me.data_dir.clone(), me._tmp.clone());
+        drop(me);
+        Self::launch(options, data_dir, tmp)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Reply {
+        let url = format!("{}{path}", self.base);
+        let auth = token.map(|t| format!("Token {t}"));
+        let result = match (method, body) {
+            ("GET", _) => {
+                let mut r = self.agent.get(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.call()
+            }
+            ("DELETE", _) => {
+                let mut r = self.agent.delete(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.call()
+            }
+            (m, body) => {
+                let mut r = match m {
+                    "POST" => self.agent.post(&url),
+                    "PATCH" => self.agent.patch(&url),
+                    other => panic!("method {other}"),
+                };
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                match body {
+                    Some((ctype, bytes)) => r.header("Content-Type", ctype).send(&bytes[..]),
+                    None => r.send_empty(),
+                }
+            }
+        };
+        let mut resp = result.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_string()
+            .unwrap_or_default();
+        Reply { status, body }
+    }
+
+    pub fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        self.send("GET", path, token, None)
+    }
+
+    pub fn delete(&self, path: &str, token: Option<&str>) -> Reply {
+        self.send("DELETE", path, token, None)
+    }
+
+    pub fn post_json(&self, path: &str, token: Option<&str>, body: &Value) -> Reply {
+        self.send(
+            "POST",
+            path,
+            token,
+            Some(("application/json", body.to_string().into_bytes())),
+        )
+    }
+
+    pub fn patch_json(&self, path: &str, token: Option<&str>, body: &Value) -> Reply {
+        self.send(
+            "PATCH",
+            path,
+            token,
+            Some(("application/json", body.to_string().into_bytes())),
+        )
+    }
+
+    pub fn post_raw(&self, path: &str, token: Option<&str>, body: impl Into<Vec<u8>>) -> Reply {
+        self.send("POST", path, token, Some(("text/plain", body.into())))
+    }
+
+    pub fn post_with_headers(&self, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
+        let mut r = self.agent.post(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let mut resp = r.send(&body[..]).expect("post");
+        let status = resp.status().as_u16();
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        Reply { status, body }
+    }
+
+    // ---- conveniences
+
+    pub fn create_site(&self, id: &str, tz: &str) {
+        let r = self.post_json(
+            "/api/v1/sites",
+            Some(ADMIN),
+            &serde_json::json!({"id": id, "name": id, "timezone": tz}),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+
+    /// Creates a device and returns its token.
+    pub fn create_device(&self, id: &str, site: Option<&str>) -> String {
+        let mut body = serde_json::json!({"id": id, "name": format!("device {id}")});
+        if let Some(s) = site {
+            body["site"] = s.into();
+        }
+        let r = self.post_json("/api/v1/devices", Some(ADMIN), &body);
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.json()["token"].as_str().expect("token").to_owned()
+    }
+
+    /// Writes line protocol (seconds precision) with the admin token; asserts 204.
+    pub fn write_lp(&self, lines: &str) {
+        let r = self.post_raw("/write?precision=s", Some(ADMIN), lines);
+        assert_eq!(r.status, 204, "{}", r.body);
+    }
+
+    pub fn stats(&self, device: &str, from: i64, to: i64) -> Value {
+        let r = self.get(
+            &format!("/api/v1/devices/{device}/stats?from={from}&to={to}"),
+            Some(ADMIN),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+    }
+
+    /// Raw readings of a device's main channel as CSV rows (header dropped).
+    pub fn export_rows(&self, device: &str, from: i64, to: i64) -> Vec<String> {
+        let r = self.get(
+            &format!("/api/v1/export?device={device}&from={from}&to={to}"),
+            Some(ADMIN),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body.lines().skip(1).map(str::to_owned).collect()
+    }
+
+    /// Waits for pending rollups to reach storage (the flush interval is 300 ms in tests).
+    pub fn settle(&self) {
+        std::thread::sleep(Duration::from_millis(800));
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- wattline log ----\n{}", self.log());
+        }
+    }
+}
+
+/// Unix seconds of an RFC 3339 instant.
+pub fn secs(rfc3339: &str) -> i64 {
+    rfc3339
+        .parse::<jiff::Timestamp>()
+        .expect("timestamp")
+        .as_second()
+}
+
+/// Unix milliseconds of an RFC 3339 instant.
+pub fn ms(rfc3339: &str) -> i64 {
+    secs(rfc3339) * 1000
+}
+
+pub fn now_s() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+pub fn approx(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1.0)
+}
