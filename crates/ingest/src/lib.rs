@@ -529,12 +529,12 @@ async fn store_points(
         let latest = shared.latest.read().expect("latest poisoned");
         for (series, mut points) in by_series {
             points.sort_by_key(|p| p.ts);
-            let points = dedup_overlay(points);
+            let mut points = dedup_overlay(points);
             let last = latest.get(&series).map(|p| p.ts);
             let split = points.partition_point(|p| Some(p.ts) <= last);
-            let newer = points[split..].to_vec();
+            let newer = points.split_off(split);
             if split > 0 {
-                late.push((series, points[..split].to_vec()));
+                late.push((series, points));
             }
             if !newer.is_empty() {
                 fresh.push(SeriesPoints {

@@ -18,8 +18,9 @@ pub struct SeriesMeta {
 struct Inner {
     sites: HashMap<SiteId, TimeZone>,
     devices: HashMap<DeviceId, SiteId>,
-    series: HashMap<(DeviceId, String), SeriesId>,
     series_meta: HashMap<SeriesId, SeriesMeta>,
+    /// Each device's series sorted by channel: the device list and every query need them.
+    by_device: HashMap<DeviceId, Vec<(String, SeriesId)>>,
 }
 
 #[derive(Default)]
@@ -66,17 +67,13 @@ impl Registry {
             .map(|(s, _)| *s)
             .collect();
         for s in gone {
-            if let Some(m) = inner.series_meta.remove(&s) {
-                inner.series.remove(&(m.device, m.channel));
-            }
+            inner.series_meta.remove(&s);
         }
+        inner.by_device.remove(id);
     }
 
     pub fn put_series(&self, id: SeriesId, device: &DeviceId, channel: &str) {
         let mut inner = self.write();
-        inner
-            .series
-            .insert((device.clone(), channel.to_owned()), id);
         inner.series_meta.insert(
             id,
             SeriesMeta {
@@ -84,6 +81,11 @@ impl Registry {
                 channel: channel.to_owned(),
             },
         );
+        let list = inner.by_device.entry(device.clone()).or_default();
+        if !list.iter().any(|(_, s)| *s == id) {
+            list.push((channel.to_owned(), id));
+            list.sort();
+        }
     }
 
     pub fn device_site(&self, id: &DeviceId) -> Option<SiteId> {
@@ -108,11 +110,14 @@ impl Registry {
             .unwrap_or(TimeZone::UTC)
     }
 
+    /// Called for every reading: looks up without allocating (devices have few channels).
     pub fn series(&self, device: &DeviceId, channel: &ChannelName) -> Option<SeriesId> {
         self.read()
-            .series
-            .get(&(device.clone(), channel.as_str().to_owned()))
-            .copied()
+            .by_device
+            .get(device)?
+            .iter()
+            .find(|(c, _)| c == channel.as_str())
+            .map(|(_, s)| *s)
     }
 
     pub fn series_meta(&self, id: SeriesId) -> Option<SeriesMeta> {
@@ -126,14 +131,6 @@ impl Registry {
 
     /// Every series of a device as (channel, id), sorted by channel.
     pub fn device_series(&self, id: &DeviceId) -> Vec<(String, SeriesId)> {
-        let mut out: Vec<(String, SeriesId)> = self
-            .read()
-            .series_meta
-            .iter()
-            .filter(|(_, m)| &m.device == id)
-            .map(|(s, m)| (m.channel.clone(), *s))
-            .collect();
-        out.sort();
-        out
+        self.read().by_device.get(id).cloned().unwrap_or_default()
     }
 }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod postgres;
 pub mod schema;
 pub mod sqlite;
+mod staging;
 #[cfg(test)]
 mod testsuite;
 pub mod types;

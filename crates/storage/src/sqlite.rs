@@ -24,6 +24,7 @@ use wattline_domain::{
 
 use crate::codec::{decode_points, encode_points};
 use crate::schema::{rollup_table, stat_columns};
+use crate::staging::{self, merge_chunked_and_buffered, Unchunked};
 use crate::{
     IngestToken, MaintenanceReport, Result, Retention, RollupRow, RollupWrite, SeriesInfo,
     SeriesPoints, Store, StoreError,
@@ -38,6 +39,10 @@ const COMPACT_OPEN_HOUR_AT: u32 = 32;
 /// A closed hour is merged once no reading for it has arrived for this long.
 const CLOSED_HOUR_GRACE_MS: i64 = 2 * TsMs::MINUTE;
 const READ_POOL_MAX: usize = 4;
+/// The write buffer is cut into chunks once it holds this many points...
+const CHUNKIFY_POINTS: usize = 200_000;
+/// ...or once its oldest point has waited this long.
+const CHUNKIFY_AGE: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn chunk_hour(ts: TsMs) -> i64 {
     ts.0.div_euclid(CHUNK_SPAN_MS).saturating_mul(CHUNK_SPAN_MS)
@@ -86,6 +91,13 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE UNIQUE INDEX chunks_series_start ON chunks(series_id, start_ts);
     "#,
+    // 2: one row per commit holds its readings until they are cut into chunks.
+    r#"
+    CREATE TABLE staging (
+        id INTEGER PRIMARY KEY,
+        data BLOB NOT NULL
+    );
+    "#,
 ];
 
 /// The rollup tables are generated from the shared column list rather than written out.
@@ -114,17 +126,17 @@ fn rollup_ddl() -> String {
 fn open_connection(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // auto_vacuum takes effect only when set before the file gets its first page, which the
+    // switch to WAL writes; on an existing file it changes nothing. Incremental vacuum hands
+    // the pages freed by compaction and retention back to the file system.
     conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; \
+        "PRAGMA auto_vacuum=INCREMENTAL; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; \
          PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;",
     )?;
     Ok(conn)
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
-    // auto_vacuum must be chosen before the first table exists; incremental lets retention and
-    // compaction hand freed pages back to the file system without a full VACUUM.
-    conn.execute_batch("PRAGMA auto_vacuum=INCREMENTAL;")?;
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, \
          applied_at INTEGER NOT NULL);",
@@ -162,6 +174,74 @@ struct Writer {
     /// Hours (per series) that hold more than one chunk, with their chunk counts and when
     /// they last received data: the compaction work list.
     fragmented: HashMap<(i64, i64), Fragment>,
+    /// Committed points not yet in chunks; readers look here too.
+    buffer: Arc<Mutex<Unchunked>>,
+}
+
+impl Writer {
+    fn buffer_due(&self) -> bool {
+        let b = self.buffer.lock().expect("buffer poisoned");
+        b.total >= CHUNKIFY_POINTS || b.oldest.is_some_and(|t| t.elapsed() >= CHUNKIFY_AGE)
+    }
+}
+
+/// Stores one batch as a staging row (its own durable transaction) and buffers its points.
+fn stage(w: &mut Writer, batch: &[SeriesPoints]) -> Result<()> {
+    let blob = staging::encode_batch(batch);
+    w.conn
+        .prepare_cached("INSERT INTO staging (data) VALUES (?1)")?
+        .execute([blob])?;
+    let id = w.conn.last_insert_rowid();
+    w.buffer.lock().expect("buffer poisoned").push(batch, id);
+    Ok(())
+}
+
+/// Cuts the buffered points into per-series hour chunks and deletes their staging rows, in
+/// one transaction. The buffer is cleared only after the commit, so a concurrent reader sees
+/// every point in the buffer, the chunks, or both (and drops the duplicates).
+fn chunkify(w: &mut Writer) -> Result<()> {
+    let snapshot = {
+        let b = w.buffer.lock().expect("buffer poisoned");
+        if b.staging_ids.is_empty() {
+            return Ok(());
+        }
+        b.clone()
+    };
+    let now = TsMs::now();
+    w.conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| {
+        for (series, points) in &snapshot.points {
+            insert_chunks(w, series.0, points, now)?;
+        }
+        let mut del = w.conn.prepare_cached("DELETE FROM staging WHERE id = ?1")?;
+        for id in &snapshot.staging_ids {
+            del.execute([id])?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = w.conn.execute_batch("ROLLBACK");
+        return Err(e);
+    }
+    w.conn.execute_batch("COMMIT")?;
+    w.buffer.lock().expect("buffer poisoned").clear();
+    Ok(())
+}
+
+/// Reads the staging rows left by a crash back into the buffer.
+fn load_staging(conn: &Connection, buffer: &mut Unchunked) -> Result<()> {
+    let mut stmt = conn.prepare("SELECT id, data FROM staging ORDER BY id")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let id: i64 = r.get(0)?;
+        let batch =
+            staging::decode_batch(r.get_ref(1)?.as_blob()?).map_err(|e| StoreError::Corrupt {
+                series: -1,
+                reason: format!("staging row {id}: {e}"),
+            })?;
+        buffer.push(&batch, id);
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -176,6 +256,7 @@ pub struct SqliteStore {
     path: PathBuf,
     jobs: mpsc::Sender<Job>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    buffer: Arc<Mutex<Unchunked>>,
 }
 
 impl SqliteStore {
@@ -190,13 +271,29 @@ impl SqliteStore {
         let mut conn = open_connection(&path)?;
         migrate(&mut conn)?;
         let fragmented = find_fragmented(&conn)?;
+        let mut unchunked = Unchunked::default();
+        load_staging(&conn, &mut unchunked)?;
+        if unchunked.total > 0 {
+            tracing::info!(
+                readings = unchunked.total,
+                "recovered buffered readings from staging"
+            );
+        }
+        let buffer = Arc::new(Mutex::new(unchunked));
         let (jobs, rx) = mpsc::channel::<Job>();
-        let mut writer = Writer { conn, fragmented };
+        let mut writer = Writer {
+            conn,
+            fragmented,
+            buffer: buffer.clone(),
+        };
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
                 while let Ok(job) = rx.recv() {
                     job(&mut writer);
+                }
+                if let Err(e) = chunkify(&mut writer) {
+                    tracing::error!(error = %e, "final chunking failed; staging rows are kept");
                 }
                 let _ = writer
                     .conn
@@ -206,6 +303,7 @@ impl SqliteStore {
             path,
             jobs,
             readers: Arc::new(Mutex::new(Vec::new())),
+            buffer,
         })
     }
 
@@ -711,6 +809,8 @@ impl Store for SqliteStore {
     async fn delete_device(&self, id: &DeviceId) -> Result<bool> {
         let id = id.clone();
         self.write(move |w| {
+            // Buffered readings of the device must not come back from staging rows later.
+            chunkify(w)?;
             let tx = w.conn.transaction()?;
             let series: Vec<i64> = {
                 let mut stmt = tx.prepare("SELECT id FROM series WHERE device_id = ?1")?;
@@ -857,35 +957,36 @@ impl Store for SqliteStore {
     }
 
     async fn append(&self, batch: &[SeriesPoints]) -> Result<()> {
-        let batch = batch.to_vec();
-        self.write(move |w| {
-            let now = TsMs::now();
-            w.conn.execute_batch("BEGIN IMMEDIATE")?;
-            let result = (|| {
-                for sp in &batch {
-                    if !sp.points.is_empty() {
-                        insert_chunks(w, sp.series.0, &sp.points, now)?;
+        let batch: Vec<SeriesPoints> = batch
+            .iter()
+            .filter(|s| !s.points.is_empty())
+            .cloned()
+            .collect();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move |w: &mut Writer| {
+                let result = stage(w, &batch);
+                let staged = result.is_ok();
+                let _ = tx.send(result);
+                // After answering: the caller's latency does not include chunking.
+                if staged && w.buffer_due() {
+                    if let Err(e) = chunkify(w) {
+                        tracing::error!(error = %e, "chunking buffered readings failed; will retry");
                     }
                 }
-                Ok(())
-            })();
-            match result {
-                Ok(()) => {
-                    w.conn.execute_batch("COMMIT")?;
-                    Ok(())
-                }
-                Err(e) => {
-                    let _ = w.conn.execute_batch("ROLLBACK");
-                    Err(e)
-                }
-            }
-        })
-        .await
+            }))
+            .map_err(|_| StoreError::WorkerGone)?;
+        rx.await.map_err(|_| StoreError::WorkerGone)?
     }
 
     async fn upsert(&self, series: SeriesId, points: &[Point]) -> Result<Vec<Point>> {
         let points = points.to_vec();
         self.write(move |w| {
+            // Merging works on chunks: cut the buffer first (late data is rare).
+            chunkify(w)?;
             let mut by_hour: BTreeMap<i64, Vec<Point>> = BTreeMap::new();
             for p in points {
                 by_hour.entry(chunk_hour(p.ts)).or_default().push(p);
@@ -927,28 +1028,38 @@ impl Store for SqliteStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
+        // The buffer first, then the chunks: see `chunkify` for why this order is safe.
+        let buffered = self
+            .buffer
+            .lock()
+            .expect("buffer poisoned")
+            .range(series, from, to);
+        let chunked = self
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
                 "SELECT data FROM chunks WHERE series_id = ?1 AND start_ts >= ?2 AND start_ts < ?3 \
                  ORDER BY start_ts",
             )?;
-            let mut rows = stmt.query(params![series.0, chunk_hour(from), to.0])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                let pts =
-                    decode_points(r.get_ref(0)?.as_blob()?).map_err(|e| corrupt(series.0, e))?;
-                for p in pts {
-                    if p.ts >= from && p.ts < to {
-                        out.push(p);
-                        if out.len() >= limit {
-                            return Ok(out);
+                let mut rows = stmt.query(params![series.0, chunk_hour(from), to.0])?;
+                let mut out = Vec::new();
+                while let Some(r) = rows.next()? {
+                    let pts = decode_points(r.get_ref(0)?.as_blob()?)
+                        .map_err(|e| corrupt(series.0, e))?;
+                    for p in pts {
+                        if p.ts >= from && p.ts < to {
+                            out.push(p);
+                            if out.len() >= limit {
+                                return Ok(out);
+                            }
                         }
                     }
                 }
-            }
-            Ok(out)
-        })
-        .await
+                Ok(out)
+            })
+            .await?;
+        let mut all = merge_chunked_and_buffered(chunked, buffered);
+        all.truncate(limit);
+        Ok(all)
     }
 
     async fn read_raw_before(
@@ -960,51 +1071,82 @@ impl Store for SqliteStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT data FROM chunks WHERE series_id = ?1 AND start_ts < ?2 \
+        let mut newest_first =
+            self.buffer
+                .lock()
+                .expect("buffer poisoned")
+                .range(series, TsMs(i64::MIN), before);
+        newest_first.reverse();
+        newest_first.truncate(limit);
+        if newest_first.len() == limit {
+            return Ok(newest_first);
+        }
+        // Chunked points at or after the oldest buffered one are the same points again.
+        let before = newest_first.last().map_or(before, |p| p.ts);
+        let limit = limit - newest_first.len();
+        let chunked = self
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT data FROM chunks WHERE series_id = ?1 AND start_ts < ?2 \
                  ORDER BY start_ts DESC",
-            )?;
-            let mut rows = stmt.query(params![series.0, before.0])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                let pts =
-                    decode_points(r.get_ref(0)?.as_blob()?).map_err(|e| corrupt(series.0, e))?;
-                for p in pts.into_iter().rev() {
-                    if p.ts < before {
-                        out.push(p);
-                        if out.len() >= limit {
-                            return Ok(out);
+                )?;
+                let mut rows = stmt.query(params![series.0, before.0])?;
+                let mut out = Vec::new();
+                while let Some(r) = rows.next()? {
+                    let pts = decode_points(r.get_ref(0)?.as_blob()?)
+                        .map_err(|e| corrupt(series.0, e))?;
+                    for p in pts.into_iter().rev() {
+                        if p.ts < before {
+                            out.push(p);
+                            if out.len() >= limit {
+                                return Ok(out);
+                            }
                         }
                     }
                 }
-            }
-            Ok(out)
-        })
-        .await
+                Ok(out)
+            })
+            .await?;
+        newest_first.extend(chunked);
+        Ok(newest_first)
     }
 
     async fn latest(&self) -> Result<Vec<(SeriesId, Point)>> {
-        self.read(|c| {
-            let mut stmt = c.prepare(
-                "SELECT s.id, (SELECT data FROM chunks WHERE series_id = s.id \
+        let mut out = self
+            .read(|c| {
+                let mut stmt = c.prepare(
+                    "SELECT s.id, (SELECT data FROM chunks WHERE series_id = s.id \
                  ORDER BY start_ts DESC LIMIT 1) FROM series s",
-            )?;
-            let mut rows = stmt.query([])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                let id: i64 = r.get(0)?;
-                let Some(blob) = r.get_ref(1)?.as_blob_or_null()? else {
-                    continue;
-                };
-                let pts = decode_points(blob).map_err(|e| corrupt(id, e))?;
-                if let Some(p) = pts.last() {
-                    out.push((SeriesId(id), *p));
+                )?;
+                let mut rows = stmt.query([])?;
+                let mut out = Vec::new();
+                while let Some(r) = rows.next()? {
+                    let id: i64 = r.get(0)?;
+                    let Some(blob) = r.get_ref(1)?.as_blob_or_null()? else {
+                        continue;
+                    };
+                    let pts = decode_points(blob).map_err(|e| corrupt(id, e))?;
+                    if let Some(p) = pts.last() {
+                        out.push((SeriesId(id), *p));
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        let buffer = self.buffer.lock().expect("buffer poisoned");
+        for (series, p) in out.iter_mut() {
+            if let Some(b) = buffer.last(*series) {
+                *p = b;
+            }
+        }
+        for (series, points) in &buffer.points {
+            if let Some(last) = points.last() {
+                if !out.iter().any(|(s, _)| s == series) {
+                    out.push((*series, *last));
                 }
             }
-            Ok(out)
-        })
-        .await
+        }
+        Ok(out)
     }
 
     async fn write_rollups(&self, write: &RollupWrite) -> Result<()> {
@@ -1067,57 +1209,74 @@ impl Store for SqliteStore {
     }
 
     async fn maintain(&self, now: TsMs) -> Result<MaintenanceReport> {
-        self.write(move |w| {
-            let due: Vec<(i64, i64)> = w
-                .fragmented
-                .iter()
-                .filter(|((_, hour), f)| {
-                    let closed = hour + CHUNK_SPAN_MS + CLOSED_HOUR_GRACE_MS <= now.0
-                        && f.last_write.0 + CLOSED_HOUR_GRACE_MS <= now.0;
-                    f.chunks > 1 && (closed || f.chunks >= COMPACT_OPEN_HOUR_AT)
-                })
-                .map(|(k, _)| *k)
-                .collect();
-            let mut report = MaintenanceReport::default();
-            for batch in due.chunks(256) {
-                let tx_result = (|| {
+        let due: Vec<(i64, i64)> = self
+            .write(move |w| {
+                chunkify(w)?;
+                Ok(w.fragmented
+                    .iter()
+                    .filter(|((_, hour), f)| {
+                        let closed = hour + CHUNK_SPAN_MS + CLOSED_HOUR_GRACE_MS <= now.0
+                            && f.last_write.0 + CLOSED_HOUR_GRACE_MS <= now.0;
+                        f.chunks > 1 && (closed || f.chunks >= COMPACT_OPEN_HOUR_AT)
+                    })
+                    .map(|(k, _)| *k)
+                    .collect())
+            })
+            .await?;
+        let mut report = MaintenanceReport::default();
+        // Small transactions, each its own writer job, so that appends queued meanwhile wait
+        // for one batch of hours at most, never for the whole compaction.
+        for batch in due.chunks(64) {
+            let batch = batch.to_vec();
+            report.chunks_compacted += self
+                .write(move |w| {
+                    let mut compacted = 0u64;
                     w.conn.execute_batch("BEGIN IMMEDIATE")?;
-                    for &(series, hour) in batch {
-                        let (ids, points) = load_hour(&w.conn, series, hour)?;
-                        if ids.len() > 1 {
-                            rewrite_hour(w, series, &ids, &points)?;
-                            report.chunks_compacted += ids.len() as u64;
+                    let result = (|| {
+                        for &(series, hour) in &batch {
+                            let (ids, points) = load_hour(&w.conn, series, hour)?;
+                            if ids.len() > 1 {
+                                rewrite_hour(w, series, &ids, &points)?;
+                                compacted += ids.len() as u64;
+                            }
                         }
+                        Ok::<_, StoreError>(())
+                    })();
+                    if let Err(e) = result {
+                        let _ = w.conn.execute_batch("ROLLBACK");
+                        return Err(e);
                     }
                     w.conn.execute_batch("COMMIT")?;
-                    Ok::<_, StoreError>(())
-                })();
-                if let Err(e) = tx_result {
-                    let _ = w.conn.execute_batch("ROLLBACK");
-                    return Err(e);
-                }
-                for key in batch {
-                    let closed = key.1 + CHUNK_SPAN_MS + CLOSED_HOUR_GRACE_MS <= now.0;
-                    if closed {
-                        w.fragmented.remove(key);
-                    } else if let Some(f) = w.fragmented.get_mut(key) {
-                        f.chunks = 1;
+                    for key in &batch {
+                        let closed = key.1 + CHUNK_SPAN_MS + CLOSED_HOUR_GRACE_MS <= now.0;
+                        if closed {
+                            w.fragmented.remove(key);
+                        } else if let Some(f) = w.fragmented.get_mut(key) {
+                            f.chunks = 1;
+                        }
                     }
-                }
-            }
+                    Ok(compacted)
+                })
+                .await?;
+        }
+        let compacted = report.chunks_compacted;
+        self.write(move |w| {
             w.fragmented
                 .retain(|_, f| f.chunks > 1 || f.last_write.0 + TsMs::DAY > now.0);
-            if report.chunks_compacted > 0 {
+            if compacted > 0 {
                 w.conn.execute_batch("PRAGMA incremental_vacuum;")?;
             }
-            Ok(report)
+            Ok(())
         })
-        .await
+        .await?;
+        Ok(report)
     }
 
     async fn apply_retention(&self, policy: &Retention, now: TsMs) -> Result<u64> {
         let policy = policy.clone();
         self.write(move |w| {
+            // Buffered points are subject to retention too.
+            chunkify(w)?;
             let cutoff = |days: u32| now.0 - i64::from(days) * TsMs::DAY;
             let tx = w.conn.transaction()?;
             let mut removed = 0u64;
@@ -1144,6 +1303,7 @@ impl Store for SqliteStore {
 
     async fn checkpoint(&self) -> Result<()> {
         self.write(|w| {
+            chunkify(w)?;
             w.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
             Ok(())
         })
@@ -1191,6 +1351,12 @@ mod tests {
         assert_eq!(merged[2].values.get(Quantity::Power), Some(7.0));
     }
 
+    fn count(store: &SqliteStore, table: &str) -> i64 {
+        let c = open_connection(store.path()).unwrap();
+        c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn appends_split_at_hours_and_compaction_merges_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -1224,19 +1390,21 @@ mod tests {
                 }])
                 .await
                 .unwrap();
+            if batch == 0 {
+                assert_eq!(count(&store, "chunks"), 0, "appends go to staging first");
+                assert_eq!(count(&store, "staging"), 1);
+            }
+            // Cut the buffer into chunks after every batch: five chunks per hour.
+            store.checkpoint().await.unwrap();
         }
-        let chunks = |store: &SqliteStore| {
-            let c = open_connection(store.path()).unwrap();
-            c.query_row("SELECT count(*) FROM chunks", [], |r| r.get::<_, i64>(0))
-                .unwrap()
-        };
+        assert_eq!(count(&store, "staging"), 0);
         // 7200 s from an hour boundary: batches 0-4 in hour 1, 5-9 in hour 2.
-        assert_eq!(chunks(&store), 10);
+        assert_eq!(count(&store, "chunks"), 10);
         // Maintenance runs after the writes (stamped with the real clock) have gone quiet.
         let later = TsMs(TsMs::now().0 + TsMs::HOUR);
         let report = store.maintain(later).await.unwrap();
         assert_eq!(report.chunks_compacted, 10);
-        assert_eq!(chunks(&store), 2);
+        assert_eq!(count(&store, "chunks"), 2);
         let all = store
             .read_raw(s, TsMs(base), TsMs(base + 2 * TsMs::HOUR), usize::MAX)
             .await

@@ -223,6 +223,17 @@ mod tests {
     }
 
     #[test]
+    fn readme_documents_every_option() {
+        let readme = include_str!("../../../README.md");
+        for (k, _) in docs() {
+            assert!(
+                readme.contains(&format!("| `{k}` |")),
+                "README's configuration table lacks {k}"
+            );
+        }
+    }
+
+    #[test]
     fn layers_apply_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("w.toml");

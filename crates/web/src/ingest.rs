@@ -71,26 +71,39 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> ApiResu
 fn authorize(state: &AppState, principal: &Principal, outcome: &mut Outcome) {
     let registry = state.engine.registry();
     let mut refused: BTreeMap<wattline_domain::DeviceId, (&'static str, usize)> = BTreeMap::new();
-    let mut verdicts: HashMap<wattline_domain::DeviceId, Option<&'static str>> = HashMap::new();
-    outcome.readings.retain(|reading| {
-        let verdict = *verdicts.entry(reading.device.clone()).or_insert_with(|| {
-            match registry.device_site(&reading.device) {
-                None => Some("unknown_device"),
-                Some(site) if !principal.may_write(&reading.device, &site) => {
-                    Some("forbidden_device")
-                }
-                Some(_) => None,
-            }
-        });
-        match verdict {
+    let verdicts: Vec<Option<&'static str>> = {
+        let mut by_device: HashMap<&wattline_domain::DeviceId, Option<&'static str>> =
+            HashMap::new();
+        outcome
+            .readings
+            .iter()
+            .map(|r| {
+                *by_device.entry(&r.device).or_insert_with(|| {
+                    match registry.device_site(&r.device) {
+                        None => Some("unknown_device"),
+                        Some(site) if !principal.may_write(&r.device, &site) => {
+                            Some("forbidden_device")
+                        }
+                        Some(_) => None,
+                    }
+                })
+            })
+            .collect()
+    };
+    if verdicts.iter().all(Option::is_none) {
+        return;
+    }
+    let mut verdict = verdicts.into_iter();
+    outcome
+        .readings
+        .retain(|reading| match verdict.next().flatten() {
             None => true,
             Some(code) => {
                 state.engine.metrics().reject(code, 1);
                 refused.entry(reading.device.clone()).or_insert((code, 0)).1 += 1;
                 false
             }
-        }
-    });
+        });
     for (device, (code, n)) in refused {
         let why = if code == "unknown_device" {
             "is not registered (create it with POST /api/v1/devices)"

@@ -41,7 +41,7 @@ fn admin_errors(mut responses: Value) -> Value {
 pub fn spec() -> Value {
     let device_id = path_id("id", "Device id");
     let site_id = path_id("id", "Site id");
-    let range = vec![
+    let range = [
         time_param("from", "Start, inclusive"),
         time_param("to", "End, exclusive"),
     ];
