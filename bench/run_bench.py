@@ -17,6 +17,7 @@ JSON lines on stdout (also appended to bench/results/run-<time>.jsonl); the mark
 goes to stdout and bench/results/latest.md.  All traffic goes to 127.0.0.1.
 """
 import argparse
+import fcntl
 import hashlib
 import http.client
 import json
@@ -262,14 +263,18 @@ def write_all(port, batches, writers, deadline):
                 idx[0] += 1
             if i >= len(batches) or errors:
                 break
-            st, body = api.req("POST", path, body=batches[i],
-                               headers={"Content-Type": "text/plain"})
+            try:
+                st, body = api.req("POST", path, body=batches[i],
+                                   headers={"Content-Type": "text/plain"})
+            except OSError as e:
+                errors.append(("connection", str(e).encode(), i))
+                break
             if st != 204:
                 errors.append((st, body[:400], i))
                 break
         api.close()
 
-    ts = [threading.Thread(target=worker) for _ in range(writers)]
+    ts = [threading.Thread(target=worker, daemon=True) for _ in range(writers)]
     for t in ts:
         t.start()
     for t in ts:
@@ -803,6 +808,37 @@ def table(results):
     return "\n".join(rows), ratios
 
 
+def take_lock(path, wait_s):
+    """One benchmark at a time on this machine: concurrent runs would share ports, dirs and
+    CPU. Waits at most wait_s for another run_bench.py to finish."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+")
+    t = time.time()
+    for i in range(int(wait_s / 2) + 2):
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()} {' '.join(sys.argv)}\n")
+            f.flush()
+            return f
+        except BlockingIOError:
+            if time.time() - t >= wait_s:
+                break
+            if i == 0:
+                f.seek(0)
+                log(f"another benchmark holds {path}: {f.read().strip()}; waiting up to "
+                    f"{wait_s:.0f}s")
+            time.sleep(2)
+    f.seek(0)
+    sys.exit(f"another benchmark still holds {path}: {f.read().strip()}")
+
+
+def on_sigterm(signum, frame):
+    # Turn SIGTERM into an exception so that `finally` stops the server and drops the database.
+    raise SystemExit(128 + signum)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backends", default="sqlite,postgres")
@@ -813,7 +849,10 @@ def main():
     ap.add_argument("--duration", default=DEFAULT_DURATION)
     ap.add_argument("--datadir", default="/tmp/bench/data",
                     help="dataset dir (smaller datasets go to a sibling data-<dev>x<dur>)")
-    ap.add_argument("--workdir", default="/tmp/bench/wattline")
+    ap.add_argument("--workdir", default="/tmp/bench/wattline",
+                    help="each invocation works in its own <workdir>/<time>-<pid>/")
+    ap.add_argument("--lock-wait", type=float, default=900,
+                    help="seconds to wait for another run_bench.py to finish")
     ap.add_argument("--binary", default=str(REPO / "target" / "release" / "wattline"))
     ap.add_argument("--no-build", action="store_true", help="skip cargo build --release")
     ap.add_argument("--influx", dest="influx", action="store_true", default=True)
@@ -834,6 +873,18 @@ def main():
         if b not in ("sqlite", "postgres"):
             sys.exit(f"unknown backend {b}")
     writers = [int(w) for w in a.writers.split(",")]
+    signal.signal(signal.SIGTERM, on_sigterm)
+    lock = take_lock(Path(a.workdir).parent / "run_bench.lock", a.lock_wait)  # noqa: F841
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    a.workdir = str(Path(a.workdir) / f"{stamp}-{os.getpid()}")
+    try:
+        run_all(a, backends, writers, stamp)
+    finally:
+        if not a.keep:
+            (Path(a.workdir) / "wattline-under-test").unlink(missing_ok=True)
+
+
+def run_all(a, backends, writers, stamp):
     t_start = time.time()
     up0 = uptime()
     log(f"start: {up0}")
@@ -859,7 +910,6 @@ def main():
     log(f"loaded {nlines} lines in {len(batches)} batches, {len(expect_last)} devices, "
         f"last second {max_ts} ({time.time() - t:.1f}s); query devices {qdevs}")
     data = (batches, nlines, max_ts, expect_last, qexp, qdevs)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     res_dir = Path(a.results)
     res_dir.mkdir(parents=True, exist_ok=True)
     gi = res_dir / ".gitignore"
@@ -925,7 +975,8 @@ def main():
     text = "\n".join(md)
     print(text)
     (res_dir / "latest.md").write_text(text)
-    log(f"wrote {res_dir / 'latest.md'} and {jsonl}")
+    log(f"wrote {res_dir / 'latest.md'} and {jsonl}; logs in {a.workdir}")
+
 
 
 if __name__ == "__main__":

@@ -40,6 +40,9 @@ pub struct EngineConfig {
     /// How long a writer waits for queue space before it is told the server is overloaded.
     pub queue_timeout: Duration,
     pub rollup_flush_interval: Duration,
+    /// How far out of order readings may arrive (behind the newest of their series) and
+    /// still be folded into rollups without a repair.
+    pub reorder_window: Duration,
     pub maintenance_interval: Duration,
     pub retention: Retention,
 }
@@ -52,6 +55,7 @@ impl Default for EngineConfig {
             max_commit_readings: 100_000,
             queue_timeout: Duration::from_secs(30),
             rollup_flush_interval: Duration::from_secs(2),
+            reorder_window: Duration::from_secs(30),
             maintenance_interval: Duration::from_secs(60),
             retention: Retention::default(),
         }
@@ -88,10 +92,72 @@ struct WriteRequest {
     _permit: OwnedSemaphorePermit,
 }
 
-/// The live state of one series that the writer keeps between batches.
-#[derive(Debug, Default, Clone, Copy)]
+/// The live state of one series between batches.
+#[derive(Debug, Default, Clone)]
 struct SeriesLive {
+    /// Energy accounting as of the newest folded reading.
     energy: EnergyState,
+    /// Stored readings newer than `folded_upto`, ascending, not yet in the rollups: they wait
+    /// out the reorder window so that a reading arriving a little out of order slots in
+    /// without repairing rollups.
+    unfolded: Vec<Point>,
+    /// Every stored reading up to here is in the rollups (pending or stored).
+    folded_upto: Option<TsMs>,
+    /// Newest timestamp seen; readings older than it by the reorder window are folded.
+    max_ts: Option<TsMs>,
+}
+
+/// A series holding more unfolded readings than this folds the oldest regardless (a meter
+/// whose clock jumped ahead must not make the window hold everything).
+const MAX_UNFOLDED: usize = 10_000;
+
+impl SeriesLive {
+    /// Adds readings newer than `folded_upto` to the unfolded ones, in order; a reading with
+    /// the timestamp of an unfolded one is laid over it.
+    fn take(&mut self, points: &[Point]) {
+        for p in points {
+            self.max_ts = self.max_ts.max(Some(p.ts));
+        }
+        match (self.unfolded.last(), points.first()) {
+            (Some(last), Some(first)) if first.ts <= last.ts => {
+                let mut all = std::mem::take(&mut self.unfolded);
+                all.extend_from_slice(points);
+                all.sort_by_key(|p| p.ts);
+                self.unfolded = dedup_overlay(all);
+            }
+            _ => self.unfolded.extend_from_slice(points),
+        }
+    }
+
+    /// How many unfolded readings are old enough to fold; `all` folds everything.
+    fn due(&self, window_ms: i64, all: bool) -> usize {
+        if all {
+            return self.unfolded.len();
+        }
+        let horizon = self
+            .max_ts
+            .map_or(i64::MIN, |t| t.0.saturating_sub(window_ms));
+        let due = self.unfolded.partition_point(|p| p.ts.0 <= horizon);
+        due.max(self.unfolded.len().saturating_sub(MAX_UNFOLDED))
+    }
+
+    /// Folds the oldest `n` unfolded readings into `pending`; returns counter events seen.
+    fn fold(
+        &mut self,
+        n: usize,
+        pending: &mut SeriesPending,
+        tz: &jiff::tz::TimeZone,
+        cfg: &EnergyConfig,
+    ) -> u64 {
+        let mut events = 0;
+        for p in self.unfolded.drain(..n) {
+            let d = self.energy.observe(p.ts, &p.values, cfg);
+            events += u64::from(d.counter_event.is_some());
+            pending.add(&p, &d, tz);
+            self.folded_upto = Some(p.ts);
+        }
+        events
+    }
 }
 
 struct Shared {
@@ -102,6 +168,8 @@ struct Shared {
     /// Newest stored point of each series, for "latest reading of every device".
     latest: std::sync::RwLock<HashMap<SeriesId, Point>>,
     pending: Mutex<Pending>,
+    /// Per-series energy state and unfolded readings. Lock order: `live`, then `pending`.
+    live: Mutex<HashMap<SeriesId, SeriesLive>>,
     /// Held for reading while a query combines stored and pending rollups, for writing while a
     /// flush moves pending rollups into storage: a query sees each reading exactly once.
     flush_gate: RwLock<()>,
@@ -138,6 +206,7 @@ impl Engine {
             metrics: Metrics::default(),
             latest: Default::default(),
             pending: Default::default(),
+            live: Default::default(),
             flush_gate: RwLock::new(()),
         });
         for site in store.list_sites().await? {
@@ -152,11 +221,26 @@ impl Engine {
         }
         *shared.latest.write().expect("latest poisoned") =
             store.latest().await?.into_iter().collect();
-        let mut live = HashMap::new();
         let mut replayed = 0usize;
         for s in &series {
             let (state, n) = replay_series(&shared, s.id, s.rollup_watermark).await?;
-            live.insert(s.id, SeriesLive { energy: state });
+            let last = shared
+                .latest
+                .read()
+                .expect("latest poisoned")
+                .get(&s.id)
+                .map(|p| p.ts);
+            let live = SeriesLive {
+                energy: state,
+                folded_upto: last,
+                max_ts: last,
+                ..Default::default()
+            };
+            shared
+                .live
+                .lock()
+                .expect("live poisoned")
+                .insert(s.id, live);
             replayed += n;
         }
         if replayed > 0 {
@@ -168,7 +252,7 @@ impl Engine {
         flush_rollups(&shared).await?;
 
         let (requests, rx) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(writer_loop(shared.clone(), rx, live));
+        let writer = tokio::spawn(writer_loop(shared.clone(), rx));
         let (stop_background, stop_rx) = oneshot::channel();
         let background = tokio::spawn(background_loop(shared.clone(), stop_rx));
         Ok((
@@ -256,11 +340,24 @@ impl Engine {
             .store
             .read_rollups(tier, series, from, to)
             .await?;
-        self.shared
-            .pending
-            .lock()
-            .expect("pending poisoned")
-            .overlay(tier, series, from, to, &mut rows);
+        // Pending rollups and unfolded readings, taken together under the writer's lock order.
+        let (pending, unfolded) = {
+            let live = self.shared.live.lock().expect("live poisoned");
+            let pending = self.shared.pending.lock().expect("pending poisoned");
+            (
+                pending.series.get(&series).cloned(),
+                live.get(&series)
+                    .filter(|l| !l.unfolded.is_empty())
+                    .cloned(),
+            )
+        };
+        let mut overlay = pending.unwrap_or_default();
+        if let Some(mut l) = unfolded {
+            let tz = self.shared.registry.series_zone(series);
+            let n = l.unfolded.len();
+            l.fold(n, &mut overlay, &tz, &self.shared.config.energy);
+        }
+        overlay.overlay(tier, series, from, to, &mut rows);
         Ok(rows)
     }
 
@@ -306,6 +403,7 @@ impl EngineTasks {
         let _ = self.background.await;
         // The writer ends when every Engine handle (and so every request sender) is gone.
         let _ = self.writer.await;
+        fold_all(&self.shared);
         if let Err(e) = flush_rollups(&self.shared).await {
             tracing::error!(error = %e, "final rollup flush failed; it is redone from raw on next start");
         }
@@ -426,11 +524,7 @@ async fn background_loop(shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
     }
 }
 
-async fn writer_loop(
-    shared: Arc<Shared>,
-    mut rx: mpsc::UnboundedReceiver<WriteRequest>,
-    mut live: HashMap<SeriesId, SeriesLive>,
-) {
+async fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<WriteRequest>) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         let mut n = group[0].readings.len();
@@ -443,16 +537,12 @@ async fn writer_loop(
                 Err(_) => break,
             }
         }
-        commit_group(&shared, &mut live, group).await;
+        commit_group(&shared, group).await;
     }
 }
 
 /// One group commit: resolve series, store, update live state, answer every request.
-async fn commit_group(
-    shared: &Shared,
-    live: &mut HashMap<SeriesId, SeriesLive>,
-    group: Vec<WriteRequest>,
-) {
+async fn commit_group(shared: &Shared, group: Vec<WriteRequest>) {
     let total: usize = group.iter().map(|r| r.readings.len()).sum();
     let mut accepted = Vec::with_capacity(group.len());
     let mut by_series: HashMap<SeriesId, Vec<Point>> = HashMap::new();
@@ -473,7 +563,7 @@ async fn commit_group(
         accepted.push(req);
     }
 
-    let result = store_points(shared, live, by_series).await;
+    let result = store_points(shared, by_series).await;
     shared.metrics.queue_depth.fetch_sub(total as u64, Relaxed);
     shared.metrics.write_batches.fetch_add(1, Relaxed);
     for req in accepted {
@@ -516,80 +606,93 @@ async fn series_for(shared: &Shared, r: &Reading) -> Result<SeriesId, EngineErro
     Ok(s)
 }
 
-/// Stores one group's points: late ones merged and their rollups recomputed first, then the
-/// new ones appended and folded into pending rollups.
+/// Stores one group's points, then brings the rollups along: readings older than what is
+/// already folded repair the rollups they touch; the others join the unfolded readings and
+/// fold once they are older than the reorder window.
 async fn store_points(
     shared: &Shared,
-    live: &mut HashMap<SeriesId, SeriesLive>,
     by_series: HashMap<SeriesId, Vec<Point>>,
 ) -> Result<(), EngineError> {
-    let mut fresh = Vec::with_capacity(by_series.len());
-    let mut late: Vec<(SeriesId, Vec<Point>)> = Vec::new();
+    let mut writes = Vec::with_capacity(by_series.len());
+    let mut beyond: Vec<(SeriesId, Vec<TsMs>, TsMs)> = Vec::new();
     {
-        let latest = shared.latest.read().expect("latest poisoned");
+        let live = shared.live.lock().expect("live poisoned");
         for (series, mut points) in by_series {
             points.sort_by_key(|p| p.ts);
-            let mut points = dedup_overlay(points);
-            let last = latest.get(&series).map(|p| p.ts);
-            let split = points.partition_point(|p| Some(p.ts) <= last);
-            let newer = points.split_off(split);
-            if split > 0 {
-                late.push((series, points));
+            let points = dedup_overlay(points);
+            if let Some(folded) = live.get(&series).and_then(|l| l.folded_upto) {
+                let split = points.partition_point(|p| p.ts <= folded);
+                if split > 0 {
+                    beyond.push((
+                        series,
+                        points[..split].iter().map(|p| p.ts).collect(),
+                        folded,
+                    ));
+                }
             }
-            if !newer.is_empty() {
-                fresh.push(SeriesPoints {
-                    series,
-                    points: newer,
-                });
-            }
+            writes.push(SeriesPoints { series, points });
         }
     }
+    // Every reading is durable before anything is answered or folded.
+    shared.store.append(&writes).await?;
 
-    if !late.is_empty() {
+    if !beyond.is_empty() {
         // Recomputing from raw must start from complete stored rollups.
         flush_rollups(shared).await?;
-        for (series, points) in &late {
-            shared.store.upsert(*series, points).await?;
-            let ts: Vec<TsMs> = points.iter().map(|p| p.ts).collect();
-            recompute(shared, *series, &ts).await?;
+        for (series, ts, folded) in &beyond {
+            recompute(shared, *series, ts, *folded).await?;
             shared
                 .metrics
                 .readings_late
-                .fetch_add(points.len() as u64, Relaxed);
+                .fetch_add(ts.len() as u64, Relaxed);
         }
     }
 
-    if fresh.is_empty() {
-        return Ok(());
-    }
-    shared.store.append(&fresh).await?;
-
     let cfg = shared.config.energy;
+    let window_ms = shared.config.reorder_window.as_millis() as i64;
+    let zones: Vec<_> = writes
+        .iter()
+        .map(|sp| shared.registry.series_zone(sp.series))
+        .collect();
     let mut events = 0;
-    let mut pending_update = Pending::default();
-    for sp in &fresh {
-        let tz = shared.registry.series_zone(sp.series);
-        let state = live.entry(sp.series).or_default();
-        let pending = pending_update.series.entry(sp.series).or_default();
-        for p in &sp.points {
-            let d = state.energy.observe(p.ts, &p.values, &cfg);
-            events += u64::from(d.counter_event.is_some());
-            pending.add(p, &d, &tz);
+    {
+        let mut live = shared.live.lock().expect("live poisoned");
+        let mut pending = shared.pending.lock().expect("pending poisoned");
+        for (sp, tz) in writes.iter().zip(&zones) {
+            let l = live.entry(sp.series).or_default();
+            let split = sp.points.partition_point(|p| Some(p.ts) <= l.folded_upto);
+            l.take(&sp.points[split..]);
+            let due = l.due(window_ms, false);
+            if due > 0 {
+                events += l.fold(due, pending.series.entry(sp.series).or_default(), tz, &cfg);
+            }
         }
     }
     shared.metrics.counter_events.fetch_add(events, Relaxed);
-    shared
-        .pending
-        .lock()
-        .expect("pending poisoned")
-        .merge(pending_update);
     let mut latest = shared.latest.write().expect("latest poisoned");
-    for sp in fresh {
+    for sp in writes {
         if let Some(last) = sp.points.last() {
-            latest.insert(sp.series, *last);
+            let newer = latest.get(&sp.series).is_none_or(|p| p.ts <= last.ts);
+            if newer {
+                latest.insert(sp.series, *last);
+            }
         }
     }
     Ok(())
+}
+
+/// Folds every unfolded reading (at shutdown, so the final flush holds everything).
+fn fold_all(shared: &Shared) {
+    let cfg = shared.config.energy;
+    let mut live = shared.live.lock().expect("live poisoned");
+    let mut pending = shared.pending.lock().expect("pending poisoned");
+    for (series, l) in live.iter_mut() {
+        let n = l.due(0, true);
+        if n > 0 {
+            let tz = shared.registry.series_zone(*series);
+            l.fold(n, pending.series.entry(*series).or_default(), &tz, &cfg);
+        }
+    }
 }
 
 /// Collapses readings with the same timestamp into one, later values laid over earlier ones.
@@ -607,20 +710,26 @@ fn dedup_overlay(points: Vec<Point>) -> Vec<Point> {
 /// Recomputes the rollups that late readings at `late` touched, from the stored raw readings:
 /// their minutes, the minute of the reading after them (its energy was measured from a new
 /// predecessor), and every hour and day containing those minutes.
-async fn recompute(shared: &Shared, series: SeriesId, late: &[TsMs]) -> Result<(), EngineError> {
+async fn recompute(
+    shared: &Shared,
+    series: SeriesId,
+    late: &[TsMs],
+    folded_upto: TsMs,
+) -> Result<(), EngineError> {
     let store = &shared.store;
     let (Some(min), Some(max)) = (late.iter().min(), late.iter().max()) else {
         return Ok(());
     };
-    let next = store
-        .read_raw(series, TsMs(max.0 + 1), TsMs(i64::MAX), 1)
-        .await?;
+    // Only folded readings belong in the rollups: unfolded ones (after `folded_upto`) join
+    // them when they fold, measured from the newest folded reading.
+    let cap = TsMs(folded_upto.0.saturating_add(1));
+    let next = store.read_raw(series, TsMs(max.0 + 1), cap, 1).await?;
     let region_start = min.minute_start();
     let region_end = TsMs(next.first().map_or(*max, |p| p.ts).minute_start().0 + TsMs::MINUTE);
 
     let mut state = state_before(shared, series, region_start).await?;
     let points = store
-        .read_raw(series, region_start, region_end, usize::MAX)
+        .read_raw(series, region_start, region_end.min(cap), usize::MAX)
         .await?;
     let mut minutes: std::collections::BTreeMap<TsMs, Agg> = Default::default();
     for p in &points {

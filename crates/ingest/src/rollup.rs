@@ -122,10 +122,23 @@ impl Pending {
         to: TsMs,
         rows: &mut Vec<RollupRow>,
     ) {
-        let Some(p) = self.series.get(&series) else {
-            return;
-        };
-        let pending = &p.tiers[tier_index(tier)];
+        if let Some(p) = self.series.get(&series) {
+            p.overlay(tier, series, from, to, rows);
+        }
+    }
+}
+
+impl SeriesPending {
+    /// Lays these buckets in `[from, to)` over rows read from storage.
+    pub fn overlay(
+        &self,
+        tier: BucketTier,
+        series: SeriesId,
+        from: TsMs,
+        to: TsMs,
+        rows: &mut Vec<RollupRow>,
+    ) {
+        let pending = &self.tiers[tier_index(tier)];
         if pending.range(from..to).next().is_none() {
             return;
         }

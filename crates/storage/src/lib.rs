@@ -69,8 +69,10 @@ pub trait Store: Send + Sync + 'static {
     async fn list_series(&self) -> Result<Vec<SeriesInfo>>;
 
     // ---- raw readings
-    /// Appends points that are all newer than anything stored for their series (the engine
-    /// guarantees it); each `SeriesPoints` is sorted by ascending, unique timestamps.
+    /// Writes a batch in one durable step. Each `SeriesPoints` is sorted by ascending, unique
+    /// timestamps. Points are usually newer than anything stored (the fast path backends
+    /// optimise for), but need not be: a point with the timestamp of a stored one is laid over
+    /// it (per quantity, newer wins), exactly as `upsert` does.
     async fn append(&self, batch: &[SeriesPoints]) -> Result<()>;
     /// Merges points that may overlap stored ones: a stored point with the same timestamp has
     /// the new values laid over it (per quantity, newer wins). Returns the merged points at

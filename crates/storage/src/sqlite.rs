@@ -176,6 +176,76 @@ struct Writer {
     fragmented: HashMap<(i64, i64), Fragment>,
     /// Committed points not yet in chunks; readers look here too.
     buffer: Arc<Mutex<Unchunked>>,
+    /// A frozen generation of the buffer being encoded on another thread.
+    encoding: Option<Encoding>,
+    /// Newest chunked timestamp per series: newer points may wait in the buffer, older ones
+    /// must be merged into their chunk.
+    chunked_last: HashMap<i64, i64>,
+}
+
+/// Chunk encoding in flight: the encoded rows arrive on `rows`.
+struct Encoding {
+    rows: mpsc::Receiver<Vec<ChunkRow>>,
+    points: Arc<staging::SeriesBuffer>,
+    staging_ids: Vec<i64>,
+}
+
+/// A chunk ready to insert.
+struct ChunkRow {
+    series: i64,
+    hour: i64,
+    start: i64,
+    end: i64,
+    n: i64,
+    data: Vec<u8>,
+}
+
+/// Encodes points (ascending) as chunks, one per UTC hour they touch.
+fn encode_chunk_rows(series: i64, points: &[Point], out: &mut Vec<ChunkRow>) {
+    let mut start = 0;
+    while start < points.len() {
+        let hour = chunk_hour(points[start].ts);
+        let end = points[start..]
+            .iter()
+            .position(|p| chunk_hour(p.ts) != hour)
+            .map_or(points.len(), |i| start + i);
+        let part = &points[start..end];
+        out.push(ChunkRow {
+            series,
+            hour,
+            start: part[0].ts.0,
+            end: part[part.len() - 1].ts.0,
+            n: part.len() as i64,
+            data: encode_points(part),
+        });
+        start = end;
+    }
+}
+
+fn encode_buffer(points: &staging::SeriesBuffer) -> Vec<ChunkRow> {
+    let mut rows = Vec::with_capacity(points.len());
+    for (series, pts) in points {
+        encode_chunk_rows(series.0, pts, &mut rows);
+    }
+    rows
+}
+
+fn insert_chunk_rows(w: &mut Writer, rows: &[ChunkRow], now: TsMs) -> Result<()> {
+    let mut stmt = w.conn.prepare_cached(
+        "INSERT INTO chunks (series_id, start_ts, end_ts, n, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for r in rows {
+        stmt.execute(params![r.series, r.start, r.end, r.n, r.data])?;
+        let last = w.chunked_last.entry(r.series).or_insert(r.end);
+        *last = (*last).max(r.end);
+        let frag = w.fragmented.entry((r.series, r.hour)).or_insert(Fragment {
+            chunks: 0,
+            last_write: now,
+        });
+        frag.chunks += 1;
+        frag.last_write = now;
+    }
+    Ok(())
 }
 
 impl Writer {
@@ -185,47 +255,176 @@ impl Writer {
     }
 }
 
-/// Stores one batch as a staging row (its own durable transaction) and buffers its points.
+/// Stores one batch durably in one transaction: points newer than their series' chunks as a
+/// staging row (and into the buffer), older ones merged into their hour's chunk.
 fn stage(w: &mut Writer, batch: &[SeriesPoints]) -> Result<()> {
-    let blob = staging::encode_batch(batch);
-    w.conn
-        .prepare_cached("INSERT INTO staging (data) VALUES (?1)")?
-        .execute([blob])?;
-    let id = w.conn.last_insert_rowid();
-    w.buffer.lock().expect("buffer poisoned").push(batch, id);
-    Ok(())
+    let is_old = |w: &Writer, sp: &SeriesPoints| {
+        let last = w.chunked_last.get(&sp.series.0).copied();
+        sp.points.first().is_some_and(|p| Some(p.ts.0) <= last)
+    };
+    if w.encoding.is_some() && batch.iter().any(|sp| is_old(w, sp)) {
+        // Old points may fall in the generation being encoded: let it land first.
+        finish_chunkify(w)?;
+    }
+    let mut fresh = Vec::with_capacity(batch.len());
+    let mut old: Vec<(i64, Vec<Point>)> = Vec::new();
+    for sp in batch {
+        if !is_old(w, sp) {
+            fresh.push(sp.clone());
+            continue;
+        }
+        let last = TsMs(w.chunked_last[&sp.series.0]);
+        let split = sp.points.partition_point(|p| p.ts <= last);
+        old.push((sp.series.0, sp.points[..split].to_vec()));
+        if split < sp.points.len() {
+            fresh.push(SeriesPoints {
+                series: sp.series,
+                points: sp.points[split..].to_vec(),
+            });
+        }
+    }
+    let in_tx = !old.is_empty();
+    if in_tx {
+        w.conn.execute_batch("BEGIN IMMEDIATE")?;
+    }
+    let result = (|| {
+        let mut id = None;
+        if !fresh.is_empty() {
+            w.conn
+                .prepare_cached("INSERT INTO staging (data) VALUES (?1)")?
+                .execute([staging::encode_batch(&fresh)])?;
+            id = Some(w.conn.last_insert_rowid());
+        }
+        for (series, points) in &old {
+            let mut by_hour: BTreeMap<i64, Vec<Point>> = BTreeMap::new();
+            for p in points {
+                by_hour.entry(chunk_hour(p.ts)).or_default().push(*p);
+            }
+            for (hour, new) in by_hour {
+                let (ids, stored) = load_hour(&w.conn, *series, hour)?;
+                rewrite_hour(w, *series, &ids, &merge_points(stored, new))?;
+                w.fragmented.remove(&(*series, hour));
+            }
+        }
+        if in_tx {
+            w.conn.execute_batch("COMMIT")?;
+        }
+        Ok(id)
+    })();
+    match result {
+        Ok(Some(id)) => {
+            w.buffer.lock().expect("buffer poisoned").push(&fresh, id);
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(e) => {
+            if in_tx {
+                let _ = w.conn.execute_batch("ROLLBACK");
+            }
+            Err(e)
+        }
+    }
 }
 
-/// Cuts the buffered points into per-series hour chunks and deletes their staging rows, in
-/// one transaction. The buffer is cleared only after the commit, so a concurrent reader sees
-/// every point in the buffer, the chunks, or both (and drops the duplicates).
+/// Starts cutting the buffer into chunks: the generation is frozen and encoded on another
+/// thread, so appends go on meanwhile; `finish_chunkify` inserts the result.
+fn start_chunkify(w: &mut Writer, jobs: mpsc::Sender<Job>) {
+    if w.encoding.is_some() {
+        return;
+    }
+    let (points, staging_ids) = {
+        let mut b = w.buffer.lock().expect("buffer poisoned");
+        if b.staging_ids.is_empty() {
+            return;
+        }
+        b.freeze()
+    };
+    let (tx, rx) = mpsc::channel();
+    let to_encode = points.clone();
+    let spawned = std::thread::Builder::new()
+        .name("chunk-encoder".into())
+        .spawn(move || {
+            let _ = tx.send(encode_buffer(&to_encode));
+            let _ = jobs.send(Box::new(|w: &mut Writer| {
+                if let Err(e) = finish_chunkify(w) {
+                    tracing::error!(error = %e, "storing encoded chunks failed; will retry");
+                }
+            }));
+        });
+    w.encoding = Some(Encoding {
+        rows: rx,
+        points,
+        staging_ids,
+    });
+    if spawned.is_err() {
+        // No thread to spare: encode here instead.
+        let _ = finish_chunkify_with(w, encode_buffer);
+    }
+}
+
+/// Inserts the chunks of an encoding in flight, waiting for the encoder if needed.
+fn finish_chunkify(w: &mut Writer) -> Result<()> {
+    finish_chunkify_with(w, |_| Vec::new())
+}
+
+fn finish_chunkify_with(
+    w: &mut Writer,
+    fallback: impl FnOnce(&staging::SeriesBuffer) -> Vec<ChunkRow>,
+) -> Result<()> {
+    let Some(enc) = w.encoding.take() else {
+        return Ok(());
+    };
+    let rows = enc.rows.recv().unwrap_or_else(|_| fallback(&enc.points));
+    commit_chunks(w, rows, enc.points, enc.staging_ids)
+}
+
+/// Cuts everything buffered into chunks now (before merges, deletes, retention, shutdown).
 fn chunkify(w: &mut Writer) -> Result<()> {
-    let snapshot = {
-        let b = w.buffer.lock().expect("buffer poisoned");
+    finish_chunkify(w)?;
+    let (points, staging_ids) = {
+        let mut b = w.buffer.lock().expect("buffer poisoned");
         if b.staging_ids.is_empty() {
             return Ok(());
         }
-        b.clone()
+        b.freeze()
     };
+    let rows = encode_buffer(&points);
+    commit_chunks(w, rows, points, staging_ids)
+}
+
+/// Inserts the chunks of a frozen generation and deletes its staging rows in one
+/// transaction; the generation leaves the buffer only after the commit, so a concurrent
+/// reader sees every point in the buffer, the chunks, or both (and drops the duplicates).
+fn commit_chunks(
+    w: &mut Writer,
+    rows: Vec<ChunkRow>,
+    points: Arc<staging::SeriesBuffer>,
+    staging_ids: Vec<i64>,
+) -> Result<()> {
     let now = TsMs::now();
-    w.conn.execute_batch("BEGIN IMMEDIATE")?;
     let result = (|| {
-        for (series, points) in &snapshot.points {
-            insert_chunks(w, series.0, points, now)?;
-        }
+        w.conn.execute_batch("BEGIN IMMEDIATE")?;
+        insert_chunk_rows(w, &rows, now)?;
         let mut del = w.conn.prepare_cached("DELETE FROM staging WHERE id = ?1")?;
-        for id in &snapshot.staging_ids {
+        for id in &staging_ids {
             del.execute([id])?;
         }
-        Ok(())
+        drop(del);
+        w.conn.execute_batch("COMMIT")?;
+        Ok::<_, StoreError>(())
     })();
-    if let Err(e) = result {
-        let _ = w.conn.execute_batch("ROLLBACK");
-        return Err(e);
+    let mut b = w.buffer.lock().expect("buffer poisoned");
+    match result {
+        Ok(()) => {
+            b.thaw_done();
+            Ok(())
+        }
+        Err(e) => {
+            let _ = w.conn.execute_batch("ROLLBACK");
+            b.unfreeze(points, staging_ids);
+            Err(e)
+        }
     }
-    w.conn.execute_batch("COMMIT")?;
-    w.buffer.lock().expect("buffer poisoned").clear();
-    Ok(())
 }
 
 /// Reads the staging rows left by a crash back into the buffer.
@@ -271,6 +470,12 @@ impl SqliteStore {
         let mut conn = open_connection(&path)?;
         migrate(&mut conn)?;
         let fragmented = find_fragmented(&conn)?;
+        let chunked_last: HashMap<i64, i64> = {
+            let mut stmt =
+                conn.prepare("SELECT series_id, max(end_ts) FROM chunks GROUP BY series_id")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
         let mut unchunked = Unchunked::default();
         load_staging(&conn, &mut unchunked)?;
         if unchunked.total > 0 {
@@ -285,6 +490,8 @@ impl SqliteStore {
             conn,
             fragmented,
             buffer: buffer.clone(),
+            encoding: None,
+            chunked_last,
         };
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -420,39 +627,6 @@ fn bad_column(i: usize, e: impl std::error::Error + Send + Sync + 'static) -> ru
 
 const DEVICE_COLUMNS: &str = "id, name, site_id, kind, labels, created_at";
 
-/// Writes points as chunks, one per UTC hour they touch.
-fn insert_chunks(w: &mut Writer, series: i64, points: &[Point], now: TsMs) -> Result<()> {
-    let mut start = 0;
-    while start < points.len() {
-        let hour = chunk_hour(points[start].ts);
-        let end = points[start..]
-            .iter()
-            .position(|p| chunk_hour(p.ts) != hour)
-            .map_or(points.len(), |i| start + i);
-        let part = &points[start..end];
-        let data = encode_points(part);
-        w.conn
-            .prepare_cached(
-                "INSERT INTO chunks (series_id, start_ts, end_ts, n, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![
-                series,
-                part[0].ts.0,
-                part[part.len() - 1].ts.0,
-                part.len() as i64,
-                data
-            ])?;
-        let frag = w.fragmented.entry((series, hour)).or_insert(Fragment {
-            chunks: 0,
-            last_write: now,
-        });
-        frag.chunks += 1;
-        frag.last_write = now;
-        start = end;
-    }
-    Ok(())
-}
-
 /// Loads every chunk of one series' hour: their row ids and their points, merged in order.
 fn load_hour(conn: &Connection, series: i64, hour: i64) -> Result<(Vec<i64>, Vec<Point>)> {
     let mut stmt = conn.prepare_cached(
@@ -498,7 +672,9 @@ fn rewrite_hour(w: &mut Writer, series: i64, ids: &[i64], points: &[Point]) -> R
             del.execute([id])?;
         }
     }
-    if !points.is_empty() {
+    if let Some(last) = points.last() {
+        let known = w.chunked_last.entry(series).or_insert(last.ts.0);
+        *known = (*known).max(last.ts.0);
         w.conn
             .prepare_cached(
                 "INSERT INTO chunks (series_id, start_ts, end_ts, n, data) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -966,16 +1142,15 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let jobs = self.jobs.clone();
         self.jobs
             .send(Box::new(move |w: &mut Writer| {
                 let result = stage(w, &batch);
                 let staged = result.is_ok();
                 let _ = tx.send(result);
-                // After answering: the caller's latency does not include chunking.
+                // After answering, and on another thread: callers never wait for encoding.
                 if staged && w.buffer_due() {
-                    if let Err(e) = chunkify(w) {
-                        tracing::error!(error = %e, "chunking buffered readings failed; will retry");
-                    }
+                    start_chunkify(w, jobs);
                 }
             }))
             .map_err(|_| StoreError::WorkerGone)?;
@@ -1133,19 +1308,13 @@ impl Store for SqliteStore {
                 Ok(out)
             })
             .await?;
-        let buffer = self.buffer.lock().expect("buffer poisoned");
+        let mut buffered = self.buffer.lock().expect("buffer poisoned").lasts();
         for (series, p) in out.iter_mut() {
-            if let Some(b) = buffer.last(*series) {
+            if let Some(b) = buffered.remove(series) {
                 *p = b;
             }
         }
-        for (series, points) in &buffer.points {
-            if let Some(last) = points.last() {
-                if !out.iter().any(|(s, _)| s == series) {
-                    out.push((*series, *last));
-                }
-            }
-        }
+        out.extend(buffered);
         Ok(out)
     }
 

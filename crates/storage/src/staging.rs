@@ -11,6 +11,7 @@
 //! little-endian. The record count makes a truncated row detectable at any cut.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use wattline_domain::{Point, Quantity, SeriesId, TsMs, Values};
@@ -98,47 +99,134 @@ pub fn decode_batch(buf: &[u8]) -> Result<Vec<SeriesPoints>, String> {
     Ok(out)
 }
 
+/// Points of one generation, per series in ascending time order.
+pub type SeriesBuffer = HashMap<SeriesId, Vec<Point>>;
+
 /// Points committed to staging rows and not yet in chunks. Per series they are in ascending
 /// time order and newer than anything chunked, because only appends of newer points land here.
-#[derive(Default, Clone)]
+///
+/// While a generation is being cut into chunks it is `frozen` (shared, not copied) and new
+/// appends go to `active`; readers look at both, frozen first (its points are older).
+#[derive(Default)]
 pub struct Unchunked {
-    pub points: HashMap<SeriesId, Vec<Point>>,
+    pub active: SeriesBuffer,
+    pub frozen: Option<Arc<SeriesBuffer>>,
     pub total: usize,
-    /// The staging rows whose points are held here.
+    /// The staging rows whose points are in `active`.
     pub staging_ids: Vec<i64>,
     pub oldest: Option<Instant>,
 }
 
 impl Unchunked {
+    /// Adds a batch; points older than buffered ones are merged in order, and one with the
+    /// timestamp of a buffered point is laid over it.
     pub fn push(&mut self, batch: &[SeriesPoints], staging_id: i64) {
         for sp in batch {
-            self.total += sp.points.len();
-            self.points
-                .entry(sp.series)
-                .or_default()
-                .extend_from_slice(&sp.points);
+            let pts = self.active.entry(sp.series).or_default();
+            let before = pts.len();
+            match (pts.last(), sp.points.first()) {
+                (Some(last), Some(first)) if first.ts <= last.ts => merge_into(pts, &sp.points),
+                _ => pts.extend_from_slice(&sp.points),
+            }
+            self.total += pts.len() - before;
         }
         self.staging_ids.push(staging_id);
         self.oldest.get_or_insert_with(Instant::now);
     }
 
-    pub fn clear(&mut self) {
-        *self = Unchunked::default();
+    /// Moves the active generation aside for chunking: its points and staging rows.
+    pub fn freeze(&mut self) -> (Arc<SeriesBuffer>, Vec<i64>) {
+        let points = Arc::new(std::mem::take(&mut self.active));
+        self.frozen = Some(points.clone());
+        self.total = 0;
+        self.oldest = None;
+        (points, std::mem::take(&mut self.staging_ids))
+    }
+
+    /// The frozen generation is in chunks now.
+    pub fn thaw_done(&mut self) {
+        self.frozen = None;
+    }
+
+    /// Puts a generation back after its chunking failed, ahead of newer points.
+    pub fn unfreeze(&mut self, points: Arc<SeriesBuffer>, staging_ids: Vec<i64>) {
+        self.frozen = None;
+        let points = Arc::try_unwrap(points).unwrap_or_else(|shared| (*shared).clone());
+        for (series, mut older) in points {
+            self.total += older.len();
+            let newer = self.active.remove(&series).unwrap_or_default();
+            older.extend(newer);
+            self.active.insert(series, older);
+        }
+        let mut ids = staging_ids;
+        ids.append(&mut self.staging_ids);
+        self.staging_ids = ids;
+        self.oldest = Some(Instant::now());
+    }
+
+    fn generations(&self) -> impl Iterator<Item = &SeriesBuffer> {
+        self.frozen
+            .as_deref()
+            .into_iter()
+            .chain(std::iter::once(&self.active))
     }
 
     /// Points of `series` with `from <= ts < to`, ascending.
     pub fn range(&self, series: SeriesId, from: TsMs, to: TsMs) -> Vec<Point> {
-        let Some(pts) = self.points.get(&series) else {
-            return Vec::new();
-        };
-        let start = pts.partition_point(|p| p.ts < from);
-        let end = pts.partition_point(|p| p.ts < to);
-        pts[start..end.max(start)].to_vec()
+        let mut out = Vec::new();
+        for generation in self.generations() {
+            if let Some(pts) = generation.get(&series) {
+                let start = pts.partition_point(|p| p.ts < from);
+                let end = pts.partition_point(|p| p.ts < to);
+                out.extend_from_slice(&pts[start..end.max(start)]);
+            }
+        }
+        out
     }
 
-    pub fn last(&self, series: SeriesId) -> Option<Point> {
-        self.points.get(&series).and_then(|p| p.last()).copied()
+    /// The newest buffered point of every series that has one.
+    pub fn lasts(&self) -> HashMap<SeriesId, Point> {
+        let mut out = HashMap::new();
+        for generation in self.generations() {
+            for (s, pts) in generation {
+                if let Some(p) = pts.last() {
+                    out.insert(*s, *p);
+                }
+            }
+        }
+        out
     }
+}
+
+/// Merges ascending `new` points into ascending `pts`, overlaying equal timestamps.
+fn merge_into(pts: &mut Vec<Point>, new: &[Point]) {
+    let mut merged = Vec::with_capacity(pts.len() + new.len());
+    let (mut i, mut j) = (0, 0);
+    while i < pts.len() || j < new.len() {
+        match (pts.get(i), new.get(j)) {
+            (Some(a), Some(b)) if a.ts == b.ts => {
+                let mut p = *a;
+                p.values.overlay(&b.values);
+                merged.push(p);
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) if a.ts < b.ts => {
+                merged.push(*a);
+                i += 1;
+            }
+            (Some(_), Some(b)) | (None, Some(b)) => {
+                merged.push(*b);
+                j += 1;
+            }
+            (Some(a), None) => {
+                merged.push(*a);
+                i += 1;
+            }
+            (None, None) => unreachable!(),
+        }
+    }
+    *pts = merged;
 }
 
 /// Chunk points followed by buffered points, dropping buffered ones already in the chunks
@@ -203,18 +291,47 @@ mod tests {
     fn buffer_ranges_and_merge_drop_duplicates() {
         let mut u = Unchunked::default();
         u.push(&[sp(1, &[10, 20, 30])], 1);
+        let (frozen, ids) = u.freeze();
+        assert_eq!(ids, vec![1]);
         u.push(&[sp(1, &[40]), sp(2, &[5])], 2);
-        assert_eq!(u.total, 5);
+        assert_eq!(u.total, 2);
+        assert_eq!(frozen[&SeriesId(1)].len(), 3);
+
         let r: Vec<i64> = u
             .range(SeriesId(1), TsMs(20), TsMs(40))
             .iter()
             .map(|p| p.ts.0)
             .collect();
         assert_eq!(r, vec![20, 30]);
-        assert_eq!(u.last(SeriesId(1)).unwrap().ts, TsMs(40));
+        assert_eq!(u.lasts()[&SeriesId(1)].ts, TsMs(40));
         let chunked = sp(1, &[10, 20]).points;
         let merged = merge_chunked_and_buffered(chunked, u.range(SeriesId(1), TsMs(0), TsMs(100)));
         let ts: Vec<i64> = merged.iter().map(|p| p.ts.0).collect();
         assert_eq!(ts, vec![10, 20, 30, 40]);
+        // A failed cut puts the frozen points back ahead of the newer ones.
+        drop(frozen);
+        let (frozen, ids) = u.freeze();
+        u.push(&[sp(1, &[50])], 3);
+        u.unfreeze(frozen, ids);
+        let ts: Vec<i64> = u
+            .range(SeriesId(1), TsMs(0), TsMs(100))
+            .iter()
+            .map(|p| p.ts.0)
+            .collect();
+        assert_eq!(ts, vec![40, 50]);
+        assert_eq!(u.staging_ids, vec![2, 3]);
+        assert_eq!(u.total, 3);
+    }
+
+    #[test]
+    fn out_of_order_points_merge_into_the_buffer() {
+        let mut u = Unchunked::default();
+        u.push(&[sp(2, &[5, 8])], 1);
+        u.push(&[sp(2, &[1, 5, 9])], 2);
+        let got = u.range(SeriesId(2), TsMs(0), TsMs(100));
+        let ts: Vec<i64> = got.iter().map(|p| p.ts.0).collect();
+        assert_eq!(ts, vec![1, 5, 8, 9]);
+        assert_eq!(u.total, 4, "the duplicate at 5 is laid over, not added");
+        assert_eq!(u.staging_ids, vec![1, 2]);
     }
 }

@@ -47,6 +47,7 @@ macro_rules! store_suite {
             maintain_is_idempotent,
             concurrent_writers,
             empty_writes_are_noops,
+            append_out_of_order_overlays,
         );
     };
     (@tests $backend:ident, $ctor:expr; $($check:ident),* $(,)?) => {
@@ -1457,6 +1458,52 @@ pub async fn empty_writes_are_noops(store: &dyn Store) {
         .is_empty());
     assert!(store.latest().await.unwrap().is_empty());
     assert_eq!(store.list_series().await.unwrap()[0].rollup_watermark, None);
+}
+
+/// `append` is a general write: older points and duplicates are merged, before and after
+/// the backend has moved recent points into its long-term layout.
+pub async fn append_out_of_order_overlays(store: &dyn Store) {
+    let s = one_series(store).await;
+    let even: Vec<Point> = (0..20).map(|i| power(T0 + i * 2 * SEC, i as f64)).collect();
+    store.append(&batch(s, even)).await.unwrap();
+    // Odd seconds arrive later (another writer's batch), with one duplicate of an even second.
+    let mut odd: Vec<Point> = (0..20)
+        .map(|i| power(T0 + (i * 2 + 1) * SEC, 100.0 + i as f64))
+        .collect();
+    odd.push(Point {
+        ts: TsMs(T0 + 4 * SEC),
+        values: Values::new().with(Quantity::Voltage, 230.0),
+    });
+    odd.sort_by_key(|p| p.ts);
+    store.append(&batch(s, odd)).await.unwrap();
+    store.maintain(TsMs(i64::MAX / 2)).await.unwrap();
+    // And once more after everything is in long-term storage.
+    store
+        .append(&batch(
+            s,
+            vec![power(T0 + 3 * SEC, -7.0), power(T0 + 40 * SEC, 1.0)],
+        ))
+        .await
+        .unwrap();
+    let got = store
+        .read_raw(s, TsMs(T0), TsMs(T0 + DAY), 1_000)
+        .await
+        .unwrap();
+    let ts: Vec<i64> = got.iter().map(|p| (p.ts.0 - T0) / SEC).collect();
+    assert_eq!(
+        ts,
+        (0..=40).collect::<Vec<i64>>(),
+        "sorted, each instant once"
+    );
+    assert_eq!(got[4].values.get(Quantity::Power), Some(2.0));
+    assert_eq!(
+        got[4].values.get(Quantity::Voltage),
+        Some(230.0),
+        "the duplicate was laid over"
+    );
+    assert_eq!(got[3].values.get(Quantity::Power), Some(-7.0));
+    let latest = store.latest().await.unwrap();
+    assert_eq!(latest[0].1.ts, TsMs(T0 + 40 * SEC));
 }
 
 // ---- the backends
