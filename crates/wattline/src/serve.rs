@@ -145,6 +145,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         max_queued_readings: config.max_queued_readings,
         rollup_flush_interval: std::time::Duration::from_millis(config.rollup_flush_ms.max(100)),
+        reorder_window: std::time::Duration::from_secs(config.reorder_window_s),
         retention: config.retention(),
         ..EngineConfig::default()
     };
