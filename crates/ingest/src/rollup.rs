@@ -55,10 +55,17 @@ impl SeriesPending {
         let hour = cached_bucket(&mut self.hour, BucketTier::Hour, ts, tz);
         let day = cached_bucket(&mut self.day, BucketTier::Day, ts, tz);
         for (i, bucket) in [minute, hour, day].into_iter().enumerate() {
-            self.tiers[i]
-                .entry(bucket)
-                .or_default()
-                .add(ts, &point.values, energy);
+            let tier = &mut self.tiers[i];
+            // Readings arrive in order, so the newest bucket is nearly always the one.
+            match tier.last_entry() {
+                Some(mut newest) if *newest.key() == bucket => {
+                    newest.get_mut().add(ts, &point.values, energy)
+                }
+                _ => tier
+                    .entry(bucket)
+                    .or_default()
+                    .add(ts, &point.values, energy),
+            }
         }
         self.max_ts = self.max_ts.max(Some(ts));
     }

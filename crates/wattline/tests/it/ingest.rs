@@ -269,3 +269,49 @@ fn bad_input_is_refused_clearly_and_good_readings_survive() {
         "rejections are logged"
     );
 }
+
+#[test]
+fn large_bodies_report_true_line_numbers() {
+    let s = TestServer::start();
+    s.create_device("big", None);
+    let t = now_s() - 20_000;
+    let mut lines: Vec<String> = (0..8000)
+        .map(|i| {
+            format!(
+                "energy,device=big voltage=230.{},power={}.5 {}",
+                i % 10,
+                100 + i % 70,
+                t + i
+            )
+        })
+        .collect();
+    lines[9] = format!("energy,device=big voltage=-1 {}", t + 9);
+    lines[7001] = format!("energy,device=big power_factor=2 {}", t + 7001);
+    let body = lines.join("\n");
+    assert!(
+        body.len() > 256 * 1024,
+        "large enough to be parsed in two halves"
+    );
+    let r = s.post_raw("/write?precision=s", Some(ADMIN), body);
+    assert_eq!(r.status, 400, "{}", r.body);
+    let e = r.json()["error"].clone();
+    assert_eq!(e["accepted"], 7998);
+    let listed: Vec<(u64, String)> = e["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["line"].as_u64().unwrap(),
+                l["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(listed[0].0, 10);
+    assert_eq!(listed[1].0, 7002);
+    assert!(listed[1].1.starts_with("line 7002:"), "{}", listed[1].1);
+    assert_eq!(
+        s.export_rows("big", t * 1000, (t + 8000) * 1000).len(),
+        7998
+    );
+}
