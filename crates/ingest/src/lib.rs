@@ -407,12 +407,8 @@ impl EngineTasks {
         if let Err(e) = flush_rollups(&self.shared).await {
             tracing::error!(error = %e, "final rollup flush failed; it is redone from raw on next start");
         }
-        // Compact every fragmented hour, the open one too, so the files left behind are
-        // compact; appends after a restart simply start new chunks.
+        // Leave the files self-contained and compact (what that means is the backend's call).
         let store = &self.shared.store;
-        if let Err(e) = store.maintain(TsMs(i64::MAX / 2)).await {
-            tracing::error!(error = %e, "final compaction failed");
-        }
         if let Err(e) = store.checkpoint().await {
             tracing::error!(error = %e, "final checkpoint failed");
         }

@@ -116,8 +116,9 @@ pub trait Store: Send + Sync + 'static {
     async fn apply_retention(&self, policy: &Retention, now: TsMs) -> Result<u64>;
     /// Bytes the backend occupies on disk (database files, or the relations' total size).
     async fn disk_bytes(&self) -> Result<u64>;
-    /// Makes everything written so far self-contained on disk (e.g. folds a write-ahead log
-    /// back into the database file). Called on shutdown; the store stays usable.
+    /// Makes everything written so far self-contained and compact on disk (e.g. compacts
+    /// chunks and folds a write-ahead log back into the database file). Called on shutdown;
+    /// the store stays usable.
     async fn checkpoint(&self) -> Result<()> {
         Ok(())
     }

@@ -1471,6 +1471,9 @@ impl Store for SqliteStore {
     }
 
     async fn checkpoint(&self) -> Result<()> {
+        // Compact every fragmented hour, the open one too: appends after a restart simply
+        // start new chunks.
+        self.maintain(TsMs(i64::MAX / 2)).await?;
         self.write(|w| {
             chunkify(w)?;
             w.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
@@ -1564,7 +1567,7 @@ mod tests {
                 assert_eq!(count(&store, "staging"), 1);
             }
             // Cut the buffer into chunks after every batch: five chunks per hour.
-            store.checkpoint().await.unwrap();
+            store.write(chunkify).await.unwrap();
         }
         assert_eq!(count(&store, "staging"), 0);
         // 7200 s from an hour boundary: batches 0-4 in hour 1, 5-9 in hour 2.

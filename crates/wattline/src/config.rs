@@ -96,7 +96,8 @@ impl Config {
         file: Option<&Path>,
         env: &HashMap<String, String>,
         flags: &Overrides,
-    ) -> anyhow::Result<Config> {
+    ) -> anyhow::Result<(Config, Vec<String>)> {
+        let mut warnings = Vec::new();
         let defaults = toml::Table::try_from(Config::default()).context("serializing defaults")?;
         let mut table = defaults.clone();
         if let Some(path) = file {
@@ -116,10 +117,12 @@ impl Config {
         for key in env_keys {
             let name = key["WATTLINE_".len()..].to_ascii_lowercase();
             if !known.contains(&name.as_str()) {
-                bail!(
-                    "unknown environment variable {key}; known options: {}",
+                // Warned about, not fatal: other tools share the prefix, and a typo is visible.
+                warnings.push(format!(
+                    "ignoring unknown environment variable {key}; known options: {}",
                     known.join(", ")
-                );
+                ));
+                continue;
             }
             let raw = &env[key];
             let value = match defaults.get(&name) {
@@ -156,7 +159,7 @@ impl Config {
         set("log_format", flags.log_format.clone());
         let config: Config = table.try_into().context("invalid configuration")?;
         config.validate()?;
-        Ok(config)
+        Ok((config, warnings))
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -254,7 +257,8 @@ mod tests {
             http: Some("127.0.0.1:0".into()),
             ..Default::default()
         };
-        let c = Config::load(Some(&file), &e, &flags).unwrap();
+        let (c, warnings) = Config::load(Some(&file), &e, &flags).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(c.http, "127.0.0.1:0", "flag beats file");
         assert_eq!(c.retention_raw_days, 14, "env beats file");
         assert_eq!(c.timezone, "Europe/Zurich", "file beats default");
@@ -278,9 +282,12 @@ mod tests {
             format!("{err:#}").contains("WATTLINE_RETENTION_RAW_DAYS"),
             "{err:#}"
         );
-        let err =
-            Config::load(None, &env(&[("WATTLINE_HTPP", "x")]), &Overrides::default()).unwrap_err();
-        assert!(format!("{err:#}").contains("unknown environment variable WATTLINE_HTPP"));
+        let (_, warnings) =
+            Config::load(None, &env(&[("WATTLINE_HTPP", "x")]), &Overrides::default()).unwrap();
+        assert!(
+            warnings[0].contains("unknown environment variable WATTLINE_HTPP"),
+            "{warnings:?}"
+        );
         let err = Config::load(
             None,
             &env(&[("WATTLINE_TIMEZONE", "Mars/Olympus")]),

@@ -57,8 +57,11 @@ fn main() -> anyhow::Result<()> {
                 database: args.database,
                 log_format: args.log_format,
             };
-            let config = config::Config::load(args.config.as_deref(), &env, &flags)?;
+            let (config, warnings) = config::Config::load(args.config.as_deref(), &env, &flags)?;
             serve::init_logging(&config);
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;

@@ -46,6 +46,14 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> ApiResu
             format!("request body is larger than the limit of {limit} bytes; send smaller batches"),
         )
     };
+    // A declared length over the limit is refused before reading a byte of the body.
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
     let raw = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| too_large())?;

@@ -226,7 +226,27 @@ fn bad_input_is_refused_clearly_and_good_readings_survive() {
         &json!({"device": "m1", "power": "high"}),
     );
     assert_eq!(r.status, 400, "{}", r.body);
-    let r = s.post_raw("/write", Some(ADMIN), vec![b'x'; 17 * 1024 * 1024]);
+    // Declared too large: refused before the body is sent (as curl or Telegraf would see it).
+    let reply = raw_request(
+        &s,
+        &format!(
+            "POST /write HTTP/1.1\r\nHost: x\r\nAuthorization: Token {ADMIN}\r\nContent-Length: {}\r\n\r\n",
+            17 * 1024 * 1024
+        ),
+    );
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.contains("body_too_large"), "{reply}");
+    // Too large once gunzipped: refused after decompression.
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(&vec![b'x'; 17 * 1024 * 1024]).unwrap();
+    let r = s.post_with_headers(
+        "/write",
+        &[
+            ("Authorization", &format!("Token {ADMIN}")),
+            ("Content-Encoding", "gzip"),
+        ],
+        enc.finish().unwrap(),
+    );
     assert_eq!(
         (r.status, r.code().as_str()),
         (413, "body_too_large"),
@@ -314,4 +334,17 @@ fn large_bodies_report_true_line_numbers() {
         s.export_rows("big", t * 1000, (t + 8000) * 1000).len(),
         7998
     );
+}
+
+/// Sends raw bytes (a request without its body, say) and returns the reply's head and body.
+fn raw_request(s: &TestServer, request: &str) -> String {
+    use std::io::Read;
+    let addr = s.base.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut buf = vec![0; 4096];
+    let n = conn.read(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
