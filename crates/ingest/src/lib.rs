@@ -290,12 +290,7 @@ impl Engine {
         if readings.is_empty() {
             return Ok(0);
         }
-        if let Some(r) = readings
-            .iter()
-            .find(|r| !self.shared.registry.device_exists(&r.device))
-        {
-            return Err(EngineError::UnknownDevice(r.device.to_string()));
-        }
+        // Unknown devices are refused when their series is resolved, in the writer.
         let arrived = Instant::now();
         let want = readings.len().min(self.shared.config.max_queued_readings) as u32;
         let permit = tokio::time::timeout(
@@ -560,12 +555,13 @@ async fn commit_group(shared: &Shared, group: Vec<WriteRequest>) {
     }
 
     let result = store_points(shared, by_series).await;
+    let touched = result.as_ref().map(Vec::clone).unwrap_or_default();
     shared.metrics.queue_depth.fetch_sub(total as u64, Relaxed);
     shared.metrics.write_batches.fetch_add(1, Relaxed);
     for req in accepted {
         let n = req.readings.len();
         let reply = match &result {
-            Ok(()) => {
+            Ok(_) => {
                 shared
                     .metrics
                     .readings_accepted
@@ -585,6 +581,9 @@ async fn commit_group(shared: &Shared, group: Vec<WriteRequest>) {
     if let Err(e) = result {
         tracing::error!(error = %e, readings = total, "group commit failed");
     }
+    // After the answers: folding overlaps the clients' next requests. Until then queries see
+    // the readings as unfolded ones.
+    fold_due(shared, &touched);
 }
 
 async fn series_for(shared: &Shared, r: &Reading) -> Result<SeriesId, EngineError> {
@@ -608,7 +607,7 @@ async fn series_for(shared: &Shared, r: &Reading) -> Result<SeriesId, EngineErro
 async fn store_points(
     shared: &Shared,
     by_series: HashMap<SeriesId, Vec<Point>>,
-) -> Result<(), EngineError> {
+) -> Result<Vec<SeriesId>, EngineError> {
     let mut writes = Vec::with_capacity(by_series.len());
     let mut beyond: Vec<(SeriesId, Vec<TsMs>, TsMs)> = Vec::new();
     {
@@ -644,27 +643,15 @@ async fn store_points(
         }
     }
 
-    let cfg = shared.config.energy;
-    let window_ms = shared.config.reorder_window.as_millis() as i64;
-    let zones: Vec<_> = writes
-        .iter()
-        .map(|sp| shared.registry.series_zone(sp.series))
-        .collect();
-    let mut events = 0;
     {
         let mut live = shared.live.lock().expect("live poisoned");
-        let mut pending = shared.pending.lock().expect("pending poisoned");
-        for (sp, tz) in writes.iter().zip(&zones) {
+        for sp in &writes {
             let l = live.entry(sp.series).or_default();
             let split = sp.points.partition_point(|p| Some(p.ts) <= l.folded_upto);
             l.take(&sp.points[split..]);
-            let due = l.due(window_ms, false);
-            if due > 0 {
-                events += l.fold(due, pending.series.entry(sp.series).or_default(), tz, &cfg);
-            }
         }
     }
-    shared.metrics.counter_events.fetch_add(events, Relaxed);
+    let touched: Vec<SeriesId> = writes.iter().map(|sp| sp.series).collect();
     let mut latest = shared.latest.write().expect("latest poisoned");
     for sp in writes {
         if let Some(last) = sp.points.last() {
@@ -674,7 +661,33 @@ async fn store_points(
             }
         }
     }
-    Ok(())
+    Ok(touched)
+}
+
+/// Folds the readings of these series that are older than the reorder window.
+fn fold_due(shared: &Shared, series: &[SeriesId]) {
+    if series.is_empty() {
+        return;
+    }
+    let cfg = shared.config.energy;
+    let window_ms = shared.config.reorder_window.as_millis() as i64;
+    let zones: Vec<_> = series
+        .iter()
+        .map(|s| shared.registry.series_zone(*s))
+        .collect();
+    let mut events = 0;
+    {
+        let mut live = shared.live.lock().expect("live poisoned");
+        let mut pending = shared.pending.lock().expect("pending poisoned");
+        for (s, tz) in series.iter().zip(&zones) {
+            let Some(l) = live.get_mut(s) else { continue };
+            let due = l.due(window_ms, false);
+            if due > 0 {
+                events += l.fold(due, pending.series.entry(*s).or_default(), tz, &cfg);
+            }
+        }
+    }
+    shared.metrics.counter_events.fetch_add(events, Relaxed);
 }
 
 /// Folds every unfolded reading (at shutdown, so the final flush holds everything).
