@@ -123,6 +123,9 @@ fn rollup_ddl() -> String {
         .collect()
 }
 
+/// Opens a connection. Each keeps at most 16 MiB of pages cached (writer and every reader):
+/// enough for the B-tree interiors the queries walk, and a bound on memory however large the
+/// database grows.
 fn open_connection(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -131,7 +134,7 @@ fn open_connection(path: &Path) -> Result<Connection> {
     // the pages freed by compaction and retention back to the file system.
     conn.execute_batch(
         "PRAGMA auto_vacuum=INCREMENTAL; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; \
-         PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;",
+         PRAGMA cache_size=-16384; PRAGMA temp_store=MEMORY;",
     )?;
     Ok(conn)
 }
