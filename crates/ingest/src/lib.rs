@@ -105,6 +105,8 @@ struct SeriesLive {
     folded_upto: Option<TsMs>,
     /// Newest timestamp seen; readings older than it by the reorder window are folded.
     max_ts: Option<TsMs>,
+    /// The series' zone and the registry generation it was looked up at.
+    zone: Option<(u64, jiff::tz::TimeZone)>,
 }
 
 /// A series holding more unfolded readings than this folds the oldest regardless (a meter
@@ -671,20 +673,27 @@ fn fold_due(shared: &Shared, series: &[SeriesId]) {
     }
     let cfg = shared.config.energy;
     let window_ms = shared.config.reorder_window.as_millis() as i64;
-    let zones: Vec<_> = series
-        .iter()
-        .map(|s| shared.registry.series_zone(*s))
-        .collect();
+    let generation = shared.registry.generation();
     let mut events = 0;
     {
         let mut live = shared.live.lock().expect("live poisoned");
         let mut pending = shared.pending.lock().expect("pending poisoned");
-        for (s, tz) in series.iter().zip(&zones) {
+        for s in series {
             let Some(l) = live.get_mut(s) else { continue };
             let due = l.due(window_ms, false);
-            if due > 0 {
-                events += l.fold(due, pending.series.entry(*s).or_default(), tz, &cfg);
+            if due == 0 {
+                continue;
             }
+            // The zone changes only with the registry: look it up once per change.
+            let tz = match &l.zone {
+                Some((g, tz)) if *g == generation => tz.clone(),
+                _ => {
+                    let tz = shared.registry.series_zone(*s);
+                    l.zone = Some((generation, tz.clone()));
+                    tz
+                }
+            };
+            events += l.fold(due, pending.series.entry(*s).or_default(), &tz, &cfg);
         }
     }
     shared.metrics.counter_events.fetch_add(events, Relaxed);
@@ -705,15 +714,15 @@ fn fold_all(shared: &Shared) {
 }
 
 /// Collapses readings with the same timestamp into one, later values laid over earlier ones.
-fn dedup_overlay(points: Vec<Point>) -> Vec<Point> {
-    let mut out: Vec<Point> = Vec::with_capacity(points.len());
-    for p in points {
-        match out.last_mut() {
-            Some(last) if last.ts == p.ts => last.values.overlay(&p.values),
-            _ => out.push(p),
+fn dedup_overlay(mut points: Vec<Point>) -> Vec<Point> {
+    points.dedup_by(|later, earlier| {
+        let same = later.ts == earlier.ts;
+        if same {
+            earlier.values.overlay(&later.values);
         }
-    }
-    out
+        same
+    });
+    points
 }
 
 /// Recomputes the rollups that late readings at `late` touched, from the stored raw readings:

@@ -26,6 +26,8 @@ struct Inner {
 #[derive(Default)]
 pub struct Registry {
     inner: RwLock<Inner>,
+    /// Bumped by every change, so callers can cache what they derived (a series' zone).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Registry {
@@ -34,7 +36,13 @@ impl Registry {
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         self.inner.write().expect("registry poisoned")
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Records a site; an unknown zone name falls back to UTC with a warning, since the site

@@ -260,7 +260,7 @@ impl Writer {
 
 /// Stores one batch durably in one transaction: points newer than their series' chunks as a
 /// staging row (and into the buffer), older ones merged into their hour's chunk.
-fn stage(w: &mut Writer, batch: &[SeriesPoints]) -> Result<()> {
+fn stage(w: &mut Writer, batch: Vec<SeriesPoints>) -> Result<()> {
     let is_old = |w: &Writer, sp: &SeriesPoints| {
         let last = w.chunked_last.get(&sp.series.0).copied();
         sp.points.first().is_some_and(|p| Some(p.ts.0) <= last)
@@ -272,8 +272,8 @@ fn stage(w: &mut Writer, batch: &[SeriesPoints]) -> Result<()> {
     let mut fresh = Vec::with_capacity(batch.len());
     let mut old: Vec<(i64, Vec<Point>)> = Vec::new();
     for sp in batch {
-        if !is_old(w, sp) {
-            fresh.push(sp.clone());
+        if !is_old(w, &sp) {
+            fresh.push(sp);
             continue;
         }
         let last = TsMs(w.chunked_last[&sp.series.0]);
@@ -1148,7 +1148,7 @@ impl Store for SqliteStore {
         let jobs = self.jobs.clone();
         self.jobs
             .send(Box::new(move |w: &mut Writer| {
-                let result = stage(w, &batch);
+                let result = stage(w, batch);
                 let staged = result.is_ok();
                 let _ = tx.send(result);
                 // After answering, and on another thread: callers never wait for encoding.
