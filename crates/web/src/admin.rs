@@ -40,6 +40,24 @@ fn check_name(name: &str) -> ApiResult<()> {
     Ok(())
 }
 
+async fn site_or_404(state: &AppState, id: &SiteId) -> ApiResult<Site> {
+    state
+        .engine
+        .store()
+        .get_site(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("site {id}")))
+}
+
+async fn device_or_404(state: &AppState, id: &DeviceId) -> ApiResult<Device> {
+    state
+        .engine
+        .store()
+        .get_device(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("device {id}")))
+}
+
 /// A JSON body, with a clear error when it is not the expected shape.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(body)
@@ -113,12 +131,7 @@ pub async fn get_site(
 ) -> ApiResult<Json<Value>> {
     require_admin(&state, &headers).await?;
     let id = parse_site_id(&id)?;
-    let site = state
-        .engine
-        .store()
-        .get_site(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("site {id}")))?;
+    let site = site_or_404(&state, &id).await?;
     Ok(Json(site_json(&site)))
 }
 
@@ -132,10 +145,7 @@ pub async fn patch_site(
     let id = parse_site_id(&id)?;
     let patch: SitePatch = parse_body(&body)?;
     let store = state.engine.store();
-    let mut site = store
-        .get_site(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("site {id}")))?;
+    let mut site = site_or_404(&state, &id).await?;
     if let Some(name) = patch.name {
         check_name(&name)?;
         site.name = name;
@@ -157,9 +167,7 @@ pub async fn delete_site(
     require_admin(&state, &headers).await?;
     let id = parse_site_id(&id)?;
     let store = state.engine.store();
-    if store.get_site(&id).await?.is_none() {
-        return Err(ApiError::not_found(format!("site {id}")));
-    }
+    site_or_404(&state, &id).await?;
     match store.delete_site(&id).await {
         Ok(_) => {
             state.engine.registry().remove_site(&id);
@@ -196,9 +204,7 @@ pub async fn create_ingest_token(
         parse_body(&body)?
     };
     let store = state.engine.store();
-    if store.get_site(&site).await?.is_none() {
-        return Err(ApiError::not_found(format!("site {site}")));
-    }
+    site_or_404(&state, &site).await?;
     let secret = new_token("wls");
     let token = IngestToken {
         id: generated_id("tok"),
@@ -227,9 +233,7 @@ pub async fn list_ingest_tokens(
     require_admin(&state, &headers).await?;
     let site = parse_site_id(&site)?;
     let store = state.engine.store();
-    if store.get_site(&site).await?.is_none() {
-        return Err(ApiError::not_found(format!("site {site}")));
-    }
+    site_or_404(&state, &site).await?;
     let tokens = store.list_ingest_tokens(&site).await?;
     Ok(Json(Value::Array(
         tokens
@@ -338,12 +342,7 @@ pub async fn get_device(
 ) -> ApiResult<Json<Value>> {
     require_admin(&state, &headers).await?;
     let id = parse_device_id(&id)?;
-    let device = state
-        .engine
-        .store()
-        .get_device(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("device {id}")))?;
+    let device = device_or_404(&state, &id).await?;
     let mut body = device_json(&device);
     crate::query::add_latest(&state, &device.id, &mut body);
     Ok(Json(body))
@@ -359,10 +358,7 @@ pub async fn patch_device(
     let id = parse_device_id(&id)?;
     let patch: DevicePatch = parse_body(&body)?;
     let store = state.engine.store();
-    let mut device = store
-        .get_device(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("device {id}")))?;
+    let mut device = device_or_404(&state, &id).await?;
     if let Some(name) = patch.name {
         check_name(&name)?;
         device.name = name;
