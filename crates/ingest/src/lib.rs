@@ -530,7 +530,12 @@ async fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<WriteR
                 Err(_) => break,
             }
         }
-        commit_group(&shared, group).await;
+        // A panic in one group fails that group's writers (their replies are dropped), not
+        // every write after it.
+        let commit = std::panic::AssertUnwindSafe(commit_group(&shared, group));
+        if futures::FutureExt::catch_unwind(commit).await.is_err() {
+            tracing::error!("a group commit panicked; its writers were told it failed");
+        }
     }
 }
 

@@ -500,7 +500,16 @@ impl SqliteStore {
             .name("sqlite-writer".into())
             .spawn(move || {
                 while let Ok(job) = rx.recv() {
-                    job(&mut writer);
+                    // A bug in one job must not take every later write down with it: that
+                    // job's caller sees the worker gone, the open transaction is rolled back.
+                    let outcome =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut writer)));
+                    if outcome.is_err() {
+                        tracing::error!("a storage job panicked; rolled back, carrying on");
+                        if !writer.conn.is_autocommit() {
+                            let _ = writer.conn.execute_batch("ROLLBACK");
+                        }
+                    }
                 }
                 if let Err(e) = chunkify(&mut writer) {
                     tracing::error!(error = %e, "final chunking failed; staging rows are kept");
