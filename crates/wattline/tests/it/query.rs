@@ -90,3 +90,35 @@ fn health_metrics_and_openapi() {
     assert_eq!((r.status, r.code().as_str()), (404, "no_route"));
     assert_eq!(s.get("/api/v1/devices", None).status, 401);
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let opts = Options {
+        env: vec![("WATTLINE_LOG_FORMAT".into(), "json".into())],
+        ..Default::default()
+    };
+    let s = TestServer::start_with(opts);
+    s.create_device("j1", None);
+    let r = s.post_raw(
+        "/write?precision=s",
+        Some(ADMIN),
+        format!("e,device=j1 voltage=-3 {}", now_s()),
+    );
+    assert_eq!(r.status, 400);
+    assert!(s.wait_for_log("rejected readings"));
+    let log = s.log();
+    let mut saw_rejection = false;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+        if v["fields"]["message"] == "rejected readings" {
+            assert_eq!(v["fields"]["first_code"], "out_of_range", "{line}");
+            saw_rejection = true;
+        }
+    }
+    assert!(
+        saw_rejection,
+        "the rejection was logged with its fields:\n{log}"
+    );
+}

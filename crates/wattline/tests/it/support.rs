@@ -75,6 +75,8 @@ pub struct TestServer {
     pub data_dir: PathBuf,
     pub options: Options,
     log: Arc<Mutex<String>>,
+    /// Reads the server's stderr into `log`; joined once the process is gone.
+    log_reader: Option<std::thread::JoinHandle<()>>,
     _tmp: Arc<tempfile::TempDir>,
     agent: ureq::Agent,
 }
@@ -129,14 +131,16 @@ impl TestServer {
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
         let log2 = log.clone();
-        std::thread::spawn(move || {
+        let log_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
+                    // Text or JSON logs: the address ends where host:port characters end.
+                    let addr: String = rest
+                        .chars()
+                        .take_while(|c| {
+                            c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']')
+                        })
+                        .collect();
                     let _ = tx.send(addr);
                 }
                 let mut l = log2.lock().unwrap();
@@ -162,6 +166,7 @@ impl TestServer {
             data_dir,
             options,
             log,
+            log_reader: Some(log_reader),
             _tmp: tmp,
             agent,
         }
@@ -171,12 +176,31 @@ impl TestServer {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits up to 5 s for a log line containing `needle` (stderr is read by another thread).
+    pub fn wait_for_log(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn join_log_reader(&mut self) {
+        if let Some(h) = self.log_reader.take() {
+            let _ = h.join();
+        }
+    }
+
     /// `kill -9`: no shutdown code runs.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().expect("kill -9");
             let _ = c.wait();
         }
+        self.join_log_reader();
     }
 
     /// SIGTERM and wait for the process to exit.
@@ -190,6 +214,7 @@ impl TestServer {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(s) = c.try_wait().expect("wait") {
+                self.join_log_reader();
                 return s;
             }
             assert!(
