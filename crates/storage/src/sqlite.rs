@@ -265,8 +265,22 @@ fn stage(w: &mut Writer, batch: Vec<SeriesPoints>) -> Result<()> {
         let last = w.chunked_last.get(&sp.series.0).copied();
         sp.points.first().is_some_and(|p| Some(p.ts.0) <= last)
     };
-    if w.encoding.is_some() && batch.iter().any(|sp| is_old(w, sp)) {
-        // Old points may fall in the generation being encoded: let it land first.
+    // A generation being encoded is not in `chunked_last` yet: points at or before its
+    // newest must wait for it to land, then merge like any older point.
+    let overlaps_frozen = |w: &Writer, sp: &SeriesPoints| {
+        let frozen_last = w
+            .encoding
+            .as_ref()
+            .and_then(|e| e.points.get(&sp.series))
+            .and_then(|pts| pts.last())
+            .map(|p| p.ts);
+        sp.points.first().is_some_and(|p| Some(p.ts) <= frozen_last)
+    };
+    if w.encoding.is_some()
+        && batch
+            .iter()
+            .any(|sp| is_old(w, sp) || overlaps_frozen(w, sp))
+    {
         finish_chunkify(w)?;
     }
     let mut fresh = Vec::with_capacity(batch.len());
@@ -1539,6 +1553,57 @@ mod tests {
         let c = open_connection(store.path()).unwrap();
         c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn older_points_during_chunk_encoding_stay_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("w.db")).unwrap();
+        let s = SeriesId(1);
+        let base = 1_767_632_400_000;
+        let even: Vec<Point> = (0..10).map(|i| p(base + i * 2000, i as f64)).collect();
+        store
+            .append(&[SeriesPoints {
+                series: s,
+                points: even,
+            }])
+            .await
+            .unwrap();
+        // Another writer's older readings (odd seconds, one duplicate) arrive while that
+        // generation is frozen for encoding: staged in the same writer job, so the encoder's
+        // completion cannot land first.
+        let mut odd: Vec<Point> = (0..10).map(|i| p(base + i * 2000 + 1000, 100.0)).collect();
+        odd.push(p(base + 4000, -1.0));
+        odd.sort_by_key(|p| p.ts);
+        let jobs = store.jobs.clone();
+        store
+            .write(move |w| {
+                start_chunkify(w, jobs);
+                assert!(w.encoding.is_some());
+                stage(
+                    w,
+                    vec![SeriesPoints {
+                        series: s,
+                        points: odd,
+                    }],
+                )
+            })
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            let all = store
+                .read_raw(s, TsMs(base), TsMs(base + 60_000), 100)
+                .await
+                .unwrap();
+            let ts: Vec<i64> = all.iter().map(|p| (p.ts.0 - base) / 1000).collect();
+            assert_eq!(ts, (0..20).collect::<Vec<_>>(), "ordered, each second once");
+            assert_eq!(
+                all[4].values.get(Quantity::Power),
+                Some(-1.0),
+                "the duplicate overlaid"
+            );
+            store.checkpoint().await.unwrap();
+        }
     }
 
     #[tokio::test]
