@@ -181,6 +181,9 @@ struct Writer {
     buffer: Arc<Mutex<Unchunked>>,
     /// A frozen generation of the buffer being encoded on another thread.
     encoding: Option<Encoding>,
+    /// The one long-lived encoder thread's work queue. A thread per cut would leave the
+    /// allocator a thread heap to abandon every few seconds.
+    encoder: mpsc::Sender<Box<dyn FnOnce() + Send>>,
     /// Newest chunked timestamp per series: newer points may wait in the buffer, older ones
     /// must be merged into their chunk.
     chunked_last: HashMap<i64, i64>,
@@ -358,16 +361,14 @@ fn start_chunkify(w: &mut Writer, jobs: mpsc::Sender<Job>) {
     };
     let (tx, rx) = mpsc::channel();
     let to_encode = points.clone();
-    let spawned = std::thread::Builder::new()
-        .name("chunk-encoder".into())
-        .spawn(move || {
-            let _ = tx.send(encode_buffer(&to_encode));
-            let _ = jobs.send(Box::new(|w: &mut Writer| {
-                if let Err(e) = finish_chunkify(w) {
-                    tracing::error!(error = %e, "storing encoded chunks failed; will retry");
-                }
-            }));
-        });
+    let spawned = w.encoder.send(Box::new(move || {
+        let _ = tx.send(encode_buffer(&to_encode));
+        let _ = jobs.send(Box::new(|w: &mut Writer| {
+            if let Err(e) = finish_chunkify(w) {
+                tracing::error!(error = %e, "storing encoded chunks failed; will retry");
+            }
+        }));
+    }));
     w.encoding = Some(Encoding {
         rows: rx,
         points,
@@ -503,11 +504,20 @@ impl SqliteStore {
         }
         let buffer = Arc::new(Mutex::new(unchunked));
         let (jobs, rx) = mpsc::channel::<Job>();
+        let (encoder, encode_work) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name("chunk-encoder".into())
+            .spawn(move || {
+                while let Ok(work) = encode_work.recv() {
+                    work();
+                }
+            })?;
         let mut writer = Writer {
             conn,
             fragmented,
             buffer: buffer.clone(),
             encoding: None,
+            encoder,
             chunked_last,
         };
         std::thread::Builder::new()
