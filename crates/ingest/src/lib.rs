@@ -358,11 +358,6 @@ impl Engine {
         Ok(rows)
     }
 
-    /// The newest point of each series.
-    pub fn latest(&self) -> HashMap<SeriesId, Point> {
-        self.shared.latest.read().expect("latest poisoned").clone()
-    }
-
     pub fn latest_of(&self, series: SeriesId) -> Option<Point> {
         self.shared
             .latest

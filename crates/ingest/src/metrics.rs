@@ -35,15 +35,6 @@ impl Metrics {
             .or_default() += n;
     }
 
-    pub fn rejected(&self, code: &str) -> u64 {
-        self.rejected
-            .lock()
-            .expect("metrics poisoned")
-            .get(code)
-            .copied()
-            .unwrap_or(0)
-    }
-
     pub fn observe_write_latency(&self, seconds: f64) {
         let i = LATENCY_BUCKETS
             .iter()

@@ -104,10 +104,6 @@ impl Registry {
         self.read().devices.contains_key(id)
     }
 
-    pub fn site_zone(&self, id: &SiteId) -> TimeZone {
-        self.read().sites.get(id).cloned().unwrap_or(TimeZone::UTC)
-    }
-
     pub fn device_zone(&self, id: &DeviceId) -> TimeZone {
         let inner = self.read();
         inner
@@ -126,10 +122,6 @@ impl Registry {
             .iter()
             .find(|(c, _)| c == channel.as_str())
             .map(|(_, s)| *s)
-    }
-
-    pub fn series_meta(&self, id: SeriesId) -> Option<SeriesMeta> {
-        self.read().series_meta.get(&id).cloned()
     }
 
     pub fn series_zone(&self, id: SeriesId) -> TimeZone {

@@ -119,20 +119,6 @@ impl Pending {
         }
         w
     }
-
-    /// Lays the pending buckets of one series in `[from, to)` over rows read from storage.
-    pub fn overlay(
-        &self,
-        tier: BucketTier,
-        series: SeriesId,
-        from: TsMs,
-        to: TsMs,
-        rows: &mut Vec<RollupRow>,
-    ) {
-        if let Some(p) = self.series.get(&series) {
-            p.overlay(tier, series, from, to, rows);
-        }
-    }
 }
 
 impl SeriesPending {
@@ -202,7 +188,7 @@ mod tests {
             bucket: t0,
             agg: stored,
         }];
-        pending.overlay(
+        pending.series[&series].overlay(
             BucketTier::Hour,
             series,
             t0,
