@@ -90,6 +90,7 @@ use wattline_domain::Reading;
 mod fail;
 mod json;
 mod lp;
+pub mod mqtt;
 
 pub use json::parse_json_readings;
 pub use lp::{parse_line_protocol, Precision};
