@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
-use wattline_domain::{ChannelName, DeviceId, Limits, Reading, TsMs, Values};
+use wattline_domain::{ChannelName, DeviceId, IdError, Limits, Reading, TsMs, Values};
 
 use crate::fail::{self, Fail};
 use crate::{codes, JsonOutcome, LineError};
@@ -17,9 +17,23 @@ use crate::{codes, JsonOutcome, LineError};
 /// `bad_json` error (line 0) and no readings; otherwise each item ends up either in `readings`
 /// or in `errors` (see the crate docs for the rules).
 pub fn parse_json_readings(body: &[u8], now: TsMs, limits: &Limits) -> JsonOutcome {
+    parse_json_readings_for_device(body, None, now, limits)
+}
+
+/// [`parse_json_readings`] for a publisher that is one device (MQTT `wattline/<device>/readings`):
+/// with `Some(device)`, an item without `device` (or with `device: null`) is that device's, and
+/// an item naming another device is refused (`bad_id`), since a device's credential must not
+/// write another device's series. `None` is [`parse_json_readings`].
+pub(crate) fn parse_json_readings_for_device(
+    body: &[u8],
+    device: Option<&DeviceId>,
+    now: TsMs,
+    limits: &Limits,
+) -> JsonOutcome {
     let mut ctx = Ctx {
         now,
         limits,
+        device,
         out: JsonOutcome::default(),
         default_channel: ChannelName::default_channel(),
     };
@@ -46,6 +60,8 @@ pub fn parse_json_readings(body: &[u8], now: TsMs, limits: &Limits) -> JsonOutco
 struct Ctx<'l> {
     now: TsMs,
     limits: &'l Limits,
+    /// The publisher's own device, when it is one: the default and the only device allowed.
+    device: Option<&'l DeviceId>,
     out: JsonOutcome,
     default_channel: ChannelName,
 }
@@ -365,17 +381,18 @@ impl Ctx<'_> {
             return Err(f);
         }
         let device = match device {
-            None | Some((_, Scalar::Null)) => {
-                return Err(Fail::new(
-                    codes::MISSING_DEVICE,
-                    Some("device"),
-                    "missing \"device\"".into(),
-                ))
-            }
-            Some((key, Scalar::Str(s))) => DeviceId::parse(s.into_owned())
-                .map_err(|e| Fail::new(codes::BAD_ID, Some(key), format!("{key:?}: {e}")))?,
-            Some((key, Scalar::UInt(n))) => DeviceId::parse(n.to_string())
-                .map_err(|e| Fail::new(codes::BAD_ID, Some(key), format!("{key:?}: {e}")))?,
+            None | Some((_, Scalar::Null)) => match self.device {
+                Some(own) => own.clone(),
+                None => {
+                    return Err(Fail::new(
+                        codes::MISSING_DEVICE,
+                        Some("device"),
+                        "missing \"device\"".into(),
+                    ))
+                }
+            },
+            Some((key, Scalar::Str(s))) => self.own_device(key, DeviceId::parse(s.into_owned()))?,
+            Some((key, Scalar::UInt(n))) => self.own_device(key, DeviceId::parse(n.to_string()))?,
             Some((key, other)) => {
                 let msg = format!("{key:?} must be a string, found {}", other.kind());
                 return Err(Fail::new(codes::BAD_ID, Some(key), msg));
@@ -417,6 +434,24 @@ impl Ctx<'_> {
             ts: ts_ms,
             values,
         })
+    }
+
+    /// The device an item names under `key`, if it may write it.
+    fn own_device(&self, key: &str, parsed: Result<DeviceId, IdError>) -> Result<DeviceId, Fail> {
+        let device =
+            parsed.map_err(|e| Fail::new(codes::BAD_ID, Some(key), format!("{key:?}: {e}")))?;
+        match self.device {
+            Some(own) if *own != device => {
+                let msg = format!(
+                    "{key:?}: publishing as another device ({:?}) is not allowed; \
+                     this publisher is {:?}",
+                    device.as_str(),
+                    own.as_str()
+                );
+                Err(Fail::new(codes::BAD_ID, Some(key), msg))
+            }
+            _ => Ok(device),
+        }
     }
 
     /// `ts` as unix milliseconds; `None` when absent.

@@ -13,7 +13,7 @@ pub mod validate;
 
 pub use agg::{Agg, QStat};
 pub use ids::{ChannelName, DeviceId, IdError, SeriesId, SiteId};
-pub use model::{Device, Point, Reading, Site};
+pub use model::{Device, Point, Principal, Reading, Site};
 pub use quantity::{Quantity, Values};
 pub use time::{BucketTier, TsMs};
 pub use validate::{Limits, ValueError};

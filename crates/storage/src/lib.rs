@@ -63,6 +63,49 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_ingest_token(&self, id: &str) -> Result<bool>;
     async fn ingest_token_site(&self, token_hash: &str) -> Result<Option<SiteId>>;
 
+    // ---- MQTT credentials: at most one per device. The password is kept only as a hash
+    // (hex SHA-256, computed by the caller).
+    /// Sets or replaces the device's credential. Returns false when no such device exists;
+    /// fails with [`StoreError::Conflict`] when `username` belongs to another device.
+    async fn set_mqtt_credential(
+        &self,
+        device: &DeviceId,
+        username: &str,
+        password_hash: &str,
+    ) -> Result<bool>;
+    /// Returns false when the device had no credential.
+    async fn delete_mqtt_credential(&self, device: &DeviceId) -> Result<bool>;
+    /// The device and password hash of a username (case-sensitive).
+    async fn mqtt_credential(&self, username: &str) -> Result<Option<(DeviceId, String)>>;
+    /// The device's MQTT username, if it has a credential.
+    async fn mqtt_username(&self, device: &DeviceId) -> Result<Option<String>>;
+
+    // ---- topic bindings: a vendor identity (format, vendor id) -> a registered device
+    /// Returns false when no such device exists. Binding an identity again to the same device
+    /// succeeds and keeps the first `created_at`; fails with [`StoreError::Conflict`] when the
+    /// identity is bound to another device.
+    async fn bind_device(&self, binding: &Binding) -> Result<bool>;
+    async fn unbind_device(&self, format: &str, vendor_id: &str) -> Result<bool>;
+    /// Ordered by (format, vendor id).
+    async fn list_bindings(&self) -> Result<Vec<Binding>>;
+    /// Ordered by (format, vendor id).
+    async fn device_bindings(&self, device: &DeviceId) -> Result<Vec<Binding>>;
+
+    // ---- pending devices: vendor identities seen on MQTT that no binding knows, awaiting an
+    // admin's accept or reject
+    /// Inserts, or merges into what is stored: `first_seen` = min, `last_seen` = max,
+    /// `messages` += `p.messages` (saturating), `last_topic` and `sample` replaced by `p`'s.
+    async fn upsert_pending(&self, p: &PendingDevice) -> Result<()>;
+    /// Newest `last_seen` first.
+    async fn list_pending(&self) -> Result<Vec<PendingDevice>>;
+    async fn get_pending(&self, format: &str, vendor_id: &str) -> Result<Option<PendingDevice>>;
+    async fn delete_pending(&self, format: &str, vendor_id: &str) -> Result<bool>;
+    /// Rejected identities stay rejected (their messages are dropped without listing them as
+    /// pending) until un-rejected. Setting either state twice is harmless.
+    async fn set_rejected(&self, format: &str, vendor_id: &str, rejected: bool) -> Result<()>;
+    /// (format, vendor id) pairs, ordered.
+    async fn list_rejected(&self) -> Result<Vec<(String, String)>>;
+
     // ---- series
     /// The series of (device, channel), created on first use.
     async fn series_id(&self, device: &DeviceId, channel: &str) -> Result<SeriesId>;

@@ -34,14 +34,15 @@ use wattline_domain::{
 };
 
 use crate::schema::{rollup_table, stat_columns};
+use crate::types::storable_sample;
 use crate::{
-    IngestToken, MaintenanceReport, Result, Retention, RollupRow, RollupWrite, SeriesInfo,
-    SeriesPoints, Store, StoreError,
+    Binding, IngestToken, MaintenanceReport, PendingDevice, Result, Retention, RollupRow,
+    RollupWrite, SeriesInfo, SeriesPoints, Store, StoreError,
 };
 
 /// Schema migrations, applied in order; version = index + 1. Never edit an applied one: add a
 /// new entry instead. The rollup columns must stay in [`stat_columns`] order (a test checks).
-pub const MIGRATIONS: &[&str] = &[MIGRATION_1];
+pub const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2];
 
 macro_rules! rollup_table_ddl {
     ($name:literal) => {
@@ -132,6 +133,40 @@ CREATE TABLE readings (
     rollup_table_ddl!("rollup_1d"),
 );
 
+/// MQTT credentials, topic bindings, pending and rejected vendor identities. Credentials and
+/// bindings go with their device (ON DELETE CASCADE).
+const MIGRATION_2: &str = "
+CREATE TABLE mqtt_credentials (
+    device_id text PRIMARY KEY REFERENCES devices (id) ON DELETE CASCADE,
+    username text NOT NULL,
+    password_hash text NOT NULL
+);
+CREATE UNIQUE INDEX mqtt_credentials_username_key ON mqtt_credentials (username);
+CREATE TABLE device_bindings (
+    format text NOT NULL,
+    vendor_id text NOT NULL,
+    device_id text NOT NULL REFERENCES devices (id) ON DELETE CASCADE,
+    created_at timestamptz NOT NULL,
+    PRIMARY KEY (format, vendor_id)
+);
+CREATE INDEX device_bindings_device_id_idx ON device_bindings (device_id);
+CREATE TABLE pending_devices (
+    format text NOT NULL,
+    vendor_id text NOT NULL,
+    first_seen timestamptz NOT NULL,
+    last_seen timestamptz NOT NULL,
+    messages bigint NOT NULL,
+    last_topic text NOT NULL,
+    sample text NOT NULL,
+    PRIMARY KEY (format, vendor_id)
+);
+CREATE TABLE rejected_devices (
+    format text NOT NULL,
+    vendor_id text NOT NULL,
+    PRIMARY KEY (format, vendor_id)
+);
+";
+
 /// The tables this backend owns (partitions of `readings` are found through `pg_inherits`).
 const TABLES: &[&str] = &[
     "schema_migrations",
@@ -143,6 +178,10 @@ const TABLES: &[&str] = &[
     "rollup_1m",
     "rollup_1h",
     "rollup_1d",
+    "mqtt_credentials",
+    "device_bindings",
+    "pending_devices",
+    "rejected_devices",
 ];
 
 /// First keys of the two-key advisory locks; the second key is the schema's hash.
@@ -612,7 +651,7 @@ impl Store for PgStore {
                 .await?;
             }
         }
-        // Series go by ON DELETE CASCADE.
+        // Series, the MQTT credential and bindings go by ON DELETE CASCADE.
         tx.execute("DELETE FROM devices WHERE id = $1", &[&id.as_str()])
             .await?;
         tx.commit().await?;
@@ -700,6 +739,242 @@ impl Store for PgStore {
             .await?;
         row.map(|r| parse_id(SiteId::parse(r.get::<_, String>(0))))
             .transpose()
+    }
+
+    // ---- MQTT credentials
+
+    async fn set_mqtt_credential(
+        &self,
+        device: &DeviceId,
+        username: &str,
+        password_hash: &str,
+    ) -> Result<bool> {
+        let client = self.client().await?;
+        // Selecting from `devices` inserts nothing for an unknown device; the upsert covers
+        // the device's own row, so only another device's username conflicts.
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO mqtt_credentials (device_id, username, password_hash)
+                 SELECT id, $2::text, $3::text FROM devices WHERE id = $1
+                 ON CONFLICT (device_id) DO UPDATE
+                 SET username = excluded.username, password_hash = excluded.password_hash",
+            )
+            .await?;
+        match client
+            .execute(&stmt, &[&device.as_str(), &username, &password_hash])
+            .await
+        {
+            Ok(n) => Ok(n > 0),
+            // The device was deleted between the SELECT and the insert's key check.
+            Err(e) if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => Ok(false),
+            Err(e) => Err(conflict(e, || format!("MQTT username {username:?}"))),
+        }
+    }
+
+    async fn delete_mqtt_credential(&self, device: &DeviceId) -> Result<bool> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("DELETE FROM mqtt_credentials WHERE device_id = $1")
+            .await?;
+        Ok(client.execute(&stmt, &[&device.as_str()]).await? > 0)
+    }
+
+    async fn mqtt_credential(&self, username: &str) -> Result<Option<(DeviceId, String)>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT device_id, password_hash FROM mqtt_credentials WHERE username = $1",
+            )
+            .await?;
+        let row = client.query_opt(&stmt, &[&username]).await?;
+        row.map(|r| {
+            let device = parse_id(DeviceId::parse(r.try_get::<_, String>(0)?))?;
+            Ok((device, r.try_get(1)?))
+        })
+        .transpose()
+    }
+
+    async fn mqtt_username(&self, device: &DeviceId) -> Result<Option<String>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT username FROM mqtt_credentials WHERE device_id = $1")
+            .await?;
+        let row = client.query_opt(&stmt, &[&device.as_str()]).await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    // ---- topic bindings
+
+    async fn bind_device(&self, binding: &Binding) -> Result<bool> {
+        check_ts(binding.created_at)?;
+        let client = self.client().await?;
+        // Selecting from `devices` inserts nothing for an unknown device. On an identity that
+        // is already bound, the no-op update makes RETURNING name its device (and keeps its
+        // created_at), atomically even against a concurrent unbind.
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO device_bindings (format, vendor_id, device_id, created_at)
+                 SELECT $1::text, $2::text, id, $4::timestamptz FROM devices WHERE id = $3
+                 ON CONFLICT (format, vendor_id)
+                 DO UPDATE SET device_id = device_bindings.device_id
+                 RETURNING device_id",
+            )
+            .await?;
+        let owner = match client
+            .query_opt(
+                &stmt,
+                &[
+                    &binding.format,
+                    &binding.vendor_id,
+                    &binding.device.as_str(),
+                    &to_sys(binding.created_at),
+                ],
+            )
+            .await
+        {
+            Ok(row) => row.map(|r| r.try_get::<_, String>(0)).transpose()?,
+            // The device was deleted between the SELECT and the insert's key check.
+            Err(e) if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => None,
+            Err(e) => return Err(e.into()),
+        };
+        match owner {
+            None => Ok(false),
+            Some(owner) if owner == binding.device.as_str() => Ok(true),
+            Some(owner) => Err(StoreError::Conflict(format!(
+                "a binding of {} {:?} to device {owner}",
+                binding.format, binding.vendor_id
+            ))),
+        }
+    }
+
+    async fn unbind_device(&self, format: &str, vendor_id: &str) -> Result<bool> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("DELETE FROM device_bindings WHERE format = $1 AND vendor_id = $2")
+            .await?;
+        Ok(client.execute(&stmt, &[&format, &vendor_id]).await? > 0)
+    }
+
+    async fn list_bindings(&self) -> Result<Vec<Binding>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT format, vendor_id, device_id, created_at FROM device_bindings
+                 ORDER BY format, vendor_id",
+            )
+            .await?;
+        let rows = client.query(&stmt, &[]).await?;
+        rows.iter().map(binding_from_row).collect()
+    }
+
+    async fn device_bindings(&self, device: &DeviceId) -> Result<Vec<Binding>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT format, vendor_id, device_id, created_at FROM device_bindings
+                 WHERE device_id = $1 ORDER BY format, vendor_id",
+            )
+            .await?;
+        let rows = client.query(&stmt, &[&device.as_str()]).await?;
+        rows.iter().map(binding_from_row).collect()
+    }
+
+    // ---- pending and rejected vendor identities
+
+    async fn upsert_pending(&self, p: &PendingDevice) -> Result<()> {
+        check_ts(p.first_seen)?;
+        check_ts(p.last_seen)?;
+        let client = self.client().await?;
+        // The count saturates instead of failing the write with a bigint overflow.
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO pending_devices
+                     (format, vendor_id, first_seen, last_seen, messages, last_topic, sample)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (format, vendor_id) DO UPDATE SET
+                     first_seen = LEAST(pending_devices.first_seen, excluded.first_seen),
+                     last_seen = GREATEST(pending_devices.last_seen, excluded.last_seen),
+                     messages = CASE
+                         WHEN pending_devices.messages > 9223372036854775807 - excluded.messages
+                         THEN 9223372036854775807
+                         ELSE pending_devices.messages + excluded.messages END,
+                     last_topic = excluded.last_topic,
+                     sample = excluded.sample",
+            )
+            .await?;
+        client
+            .execute(
+                &stmt,
+                &[
+                    &p.format,
+                    &p.vendor_id,
+                    &to_sys(p.first_seen),
+                    &to_sys(p.last_seen),
+                    &i64::try_from(p.messages).unwrap_or(i64::MAX),
+                    &p.last_topic,
+                    &storable_sample(&p.sample).as_ref(),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn list_pending(&self) -> Result<Vec<PendingDevice>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT format, vendor_id, first_seen, last_seen, messages, last_topic, sample
+                 FROM pending_devices ORDER BY last_seen DESC, format, vendor_id",
+            )
+            .await?;
+        let rows = client.query(&stmt, &[]).await?;
+        rows.iter().map(pending_from_row).collect()
+    }
+
+    async fn get_pending(&self, format: &str, vendor_id: &str) -> Result<Option<PendingDevice>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT format, vendor_id, first_seen, last_seen, messages, last_topic, sample
+                 FROM pending_devices WHERE format = $1 AND vendor_id = $2",
+            )
+            .await?;
+        let row = client.query_opt(&stmt, &[&format, &vendor_id]).await?;
+        row.as_ref().map(pending_from_row).transpose()
+    }
+
+    async fn delete_pending(&self, format: &str, vendor_id: &str) -> Result<bool> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("DELETE FROM pending_devices WHERE format = $1 AND vendor_id = $2")
+            .await?;
+        Ok(client.execute(&stmt, &[&format, &vendor_id]).await? > 0)
+    }
+
+    async fn set_rejected(&self, format: &str, vendor_id: &str, rejected: bool) -> Result<()> {
+        let client = self.client().await?;
+        let sql = if rejected {
+            "INSERT INTO rejected_devices (format, vendor_id) VALUES ($1, $2)
+             ON CONFLICT (format, vendor_id) DO NOTHING"
+        } else {
+            "DELETE FROM rejected_devices WHERE format = $1 AND vendor_id = $2"
+        };
+        let stmt = client.prepare_cached(sql).await?;
+        client.execute(&stmt, &[&format, &vendor_id]).await?;
+        Ok(())
+    }
+
+    async fn list_rejected(&self) -> Result<Vec<(String, String)>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT format, vendor_id FROM rejected_devices ORDER BY format, vendor_id",
+            )
+            .await?;
+        let rows = client.query(&stmt, &[]).await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
     }
 
     // ---- series
@@ -1335,6 +1610,29 @@ fn device_from_row(r: &Row) -> Result<Device> {
     })
 }
 
+fn binding_from_row(r: &Row) -> Result<Binding> {
+    Ok(Binding {
+        format: r.try_get(0)?,
+        vendor_id: r.try_get(1)?,
+        device: parse_id(DeviceId::parse(r.try_get::<_, String>(2)?))?,
+        created_at: from_sys(r.try_get(3)?),
+    })
+}
+
+fn pending_from_row(r: &Row) -> Result<PendingDevice> {
+    let messages: i64 = r.try_get(4)?;
+    Ok(PendingDevice {
+        format: r.try_get(0)?,
+        vendor_id: r.try_get(1)?,
+        first_seen: from_sys(r.try_get(2)?),
+        last_seen: from_sys(r.try_get(3)?),
+        messages: u64::try_from(messages)
+            .map_err(|_| StoreError::Invalid(format!("stored message count {messages}")))?,
+        last_topic: r.try_get(5)?,
+        sample: r.try_get(6)?,
+    })
+}
+
 fn labels_json(device: &Device) -> Result<String> {
     serde_json::to_string(&device.labels)
         .map_err(|e| StoreError::Invalid(format!("device labels: {e}")))
@@ -1556,6 +1854,28 @@ pub(crate) async fn test_store() -> Option<std::sync::Arc<dyn Store>> {
     test_pg_store()
         .await
         .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn Store>)
+}
+
+/// A test store (see [`test_store`]) and the way to open its schema again, as another start
+/// of the server would.
+#[cfg(test)]
+pub(crate) async fn reopenable_test_store() -> Option<crate::testsuite::Reopenable> {
+    let mut store = test_pg_store().await?;
+    // The schema must outlive the first store: the reopened one drops it instead.
+    let (url, schema) = store
+        .drop_on_drop
+        .take()
+        .expect("test stores drop their schema");
+    let reopen: crate::testsuite::Reopen = Box::new(move || {
+        Box::pin(async move {
+            let mut again = PgStore::connect_with_schema(&url, &schema)
+                .await
+                .unwrap_or_else(|e| panic!("reopening the PostgreSQL test store {schema}: {e}"));
+            again.drop_on_drop = Some((url, schema));
+            std::sync::Arc::new(again) as std::sync::Arc<dyn Store>
+        })
+    });
+    Some((std::sync::Arc::new(store), reopen))
 }
 
 #[cfg(test)]

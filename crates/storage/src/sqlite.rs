@@ -25,9 +25,10 @@ use wattline_domain::{
 use crate::codec::{decode_points, encode_points};
 use crate::schema::{rollup_table, stat_columns};
 use crate::staging::{self, merge_chunked_and_buffered, Unchunked};
+use crate::types::storable_sample;
 use crate::{
-    IngestToken, MaintenanceReport, Result, Retention, RollupRow, RollupWrite, SeriesInfo,
-    SeriesPoints, Store, StoreError,
+    Binding, IngestToken, MaintenanceReport, PendingDevice, Result, Retention, RollupRow,
+    RollupWrite, SeriesInfo, SeriesPoints, Store, StoreError,
 };
 
 /// Chunks never span more than one UTC hour, so a range read can find every chunk that may
@@ -97,6 +98,39 @@ const MIGRATIONS: &[&str] = &[
         id INTEGER PRIMARY KEY,
         data BLOB NOT NULL
     );
+    "#,
+    // 3: MQTT credentials, topic bindings, pending and rejected vendor identities. Credentials
+    // and bindings go with their device (ON DELETE CASCADE).
+    r#"
+    CREATE TABLE mqtt_credentials (
+        device_id TEXT PRIMARY KEY REFERENCES devices(id) ON DELETE CASCADE,
+        username TEXT NOT NULL,
+        password_hash TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX mqtt_credentials_username ON mqtt_credentials(username);
+    CREATE TABLE device_bindings (
+        format TEXT NOT NULL,
+        vendor_id TEXT NOT NULL,
+        device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (format, vendor_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX device_bindings_device ON device_bindings(device_id);
+    CREATE TABLE pending_devices (
+        format TEXT NOT NULL,
+        vendor_id TEXT NOT NULL,
+        first_seen INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL,
+        messages INTEGER NOT NULL,
+        last_topic TEXT NOT NULL,
+        sample TEXT NOT NULL,
+        PRIMARY KEY (format, vendor_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE rejected_devices (
+        format TEXT NOT NULL,
+        vendor_id TEXT NOT NULL,
+        PRIMARY KEY (format, vendor_id)
+    ) WITHOUT ROWID;
     "#,
 ];
 
@@ -663,6 +697,34 @@ fn bad_column(i: usize, e: impl std::error::Error + Send + Sync + 'static) -> ru
 
 const DEVICE_COLUMNS: &str = "id, name, site_id, kind, labels, created_at";
 
+const BINDING_COLUMNS: &str = "format, vendor_id, device_id, created_at";
+
+fn binding_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Binding> {
+    let device: String = r.get(2)?;
+    Ok(Binding {
+        format: r.get(0)?,
+        vendor_id: r.get(1)?,
+        device: DeviceId::parse(device).map_err(|e| bad_column(2, e))?,
+        created_at: TsMs(r.get(3)?),
+    })
+}
+
+const PENDING_COLUMNS: &str =
+    "format, vendor_id, first_seen, last_seen, messages, last_topic, sample";
+
+fn pending_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PendingDevice> {
+    let messages: i64 = r.get(4)?;
+    Ok(PendingDevice {
+        format: r.get(0)?,
+        vendor_id: r.get(1)?,
+        first_seen: TsMs(r.get(2)?),
+        last_seen: TsMs(r.get(3)?),
+        messages: u64::try_from(messages).map_err(|e| bad_column(4, e))?,
+        last_topic: r.get(5)?,
+        sample: r.get(6)?,
+    })
+}
+
 /// Loads every chunk of one series' hour: their row ids and their points, merged in order.
 fn load_hour(conn: &Connection, series: i64, hour: i64) -> Result<(Vec<i64>, Vec<Point>)> {
     let mut stmt = conn.prepare_cached(
@@ -1039,6 +1101,7 @@ impl Store for SqliteStore {
                 }
             }
             tx.execute("DELETE FROM series WHERE device_id = ?1", [id.as_str()])?;
+            // The MQTT credential and bindings go by ON DELETE CASCADE.
             let deleted = tx.execute("DELETE FROM devices WHERE id = ?1", [id.as_str()])? > 0;
             tx.commit()?;
             w.fragmented.retain(|(s, _), _| !series.contains(s));
@@ -1127,6 +1190,243 @@ impl Store for SqliteStore {
                 .optional()?;
             id.map(|s| SiteId::parse(s).map_err(|e| StoreError::Invalid(e.to_string())))
                 .transpose()
+        })
+        .await
+    }
+
+    async fn set_mqtt_credential(
+        &self,
+        device: &DeviceId,
+        username: &str,
+        password_hash: &str,
+    ) -> Result<bool> {
+        let (device, username, hash) = (
+            device.clone(),
+            username.to_owned(),
+            password_hash.to_owned(),
+        );
+        self.write(move |w| {
+            // Selecting from `devices` inserts nothing for an unknown device; the upsert
+            // covers the device's own row, so only another device's username conflicts.
+            let n = w
+                .conn
+                .prepare_cached(
+                    "INSERT INTO mqtt_credentials (device_id, username, password_hash) \
+                     SELECT id, ?2, ?3 FROM devices WHERE id = ?1 \
+                     ON CONFLICT (device_id) DO UPDATE SET username = excluded.username, \
+                     password_hash = excluded.password_hash",
+                )?
+                .execute(params![device.as_str(), username, hash])
+                .map_err(|e| {
+                    if is_unique_violation(&e) {
+                        StoreError::Conflict(format!("MQTT username {username:?}"))
+                    } else {
+                        e.into()
+                    }
+                })?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn delete_mqtt_credential(&self, device: &DeviceId) -> Result<bool> {
+        let device = device.clone();
+        self.write(move |w| {
+            Ok(w.conn
+                .prepare_cached("DELETE FROM mqtt_credentials WHERE device_id = ?1")?
+                .execute([device.as_str()])?
+                > 0)
+        })
+        .await
+    }
+
+    async fn mqtt_credential(&self, username: &str) -> Result<Option<(DeviceId, String)>> {
+        let username = username.to_owned();
+        self.read(move |c| {
+            let found: Option<(String, String)> = c
+                .prepare_cached(
+                    "SELECT device_id, password_hash FROM mqtt_credentials WHERE username = ?1",
+                )?
+                .query_row([username], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            found
+                .map(|(device, hash)| {
+                    let device =
+                        DeviceId::parse(device).map_err(|e| StoreError::Invalid(e.to_string()))?;
+                    Ok((device, hash))
+                })
+                .transpose()
+        })
+        .await
+    }
+
+    async fn mqtt_username(&self, device: &DeviceId) -> Result<Option<String>> {
+        let device = device.clone();
+        self.read(move |c| {
+            Ok(
+                c.prepare_cached("SELECT username FROM mqtt_credentials WHERE device_id = ?1")?
+                    .query_row([device.as_str()], |r| r.get(0))
+                    .optional()?,
+            )
+        })
+        .await
+    }
+
+    async fn bind_device(&self, binding: &Binding) -> Result<bool> {
+        let b = binding.clone();
+        self.write(move |w| {
+            // Selecting from `devices` inserts nothing for an unknown device. On an identity
+            // that is already bound, the no-op update makes RETURNING name its device (and
+            // keeps its created_at).
+            let owner: Option<String> = w
+                .conn
+                .prepare_cached(
+                    "INSERT INTO device_bindings (format, vendor_id, device_id, created_at) \
+                     SELECT ?1, ?2, id, ?4 FROM devices WHERE id = ?3 \
+                     ON CONFLICT (format, vendor_id) \
+                     DO UPDATE SET device_id = device_bindings.device_id \
+                     RETURNING device_id",
+                )?
+                .query_row(
+                    params![b.format, b.vendor_id, b.device.as_str(), b.created_at.0],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match owner {
+                None => Ok(false),
+                Some(owner) if owner == b.device.as_str() => Ok(true),
+                Some(owner) => Err(StoreError::Conflict(format!(
+                    "a binding of {} {:?} to device {owner}",
+                    b.format, b.vendor_id
+                ))),
+            }
+        })
+        .await
+    }
+
+    async fn unbind_device(&self, format: &str, vendor_id: &str) -> Result<bool> {
+        let (format, vendor_id) = (format.to_owned(), vendor_id.to_owned());
+        self.write(move |w| {
+            Ok(w.conn
+                .prepare_cached("DELETE FROM device_bindings WHERE format = ?1 AND vendor_id = ?2")?
+                .execute([format, vendor_id])?
+                > 0)
+        })
+        .await
+    }
+
+    async fn list_bindings(&self) -> Result<Vec<Binding>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {BINDING_COLUMNS} FROM device_bindings ORDER BY format, vendor_id"
+            ))?;
+            let rows = stmt.query_map([], binding_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn device_bindings(&self, device: &DeviceId) -> Result<Vec<Binding>> {
+        let device = device.clone();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {BINDING_COLUMNS} FROM device_bindings WHERE device_id = ?1 \
+                 ORDER BY format, vendor_id"
+            ))?;
+            let rows = stmt.query_map([device.as_str()], binding_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn upsert_pending(&self, p: &PendingDevice) -> Result<()> {
+        let p = p.clone();
+        self.write(move |w| {
+            // The count saturates: an overflowing sum would turn into a REAL.
+            w.conn
+                .prepare_cached(&format!(
+                    "INSERT INTO pending_devices ({PENDING_COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                     ON CONFLICT (format, vendor_id) DO UPDATE SET \
+                     first_seen = min(first_seen, excluded.first_seen), \
+                     last_seen = max(last_seen, excluded.last_seen), \
+                     messages = CASE WHEN messages > {max} - excluded.messages THEN {max} \
+                     ELSE messages + excluded.messages END, \
+                     last_topic = excluded.last_topic, sample = excluded.sample",
+                    max = i64::MAX
+                ))?
+                .execute(params![
+                    p.format,
+                    p.vendor_id,
+                    p.first_seen.0,
+                    p.last_seen.0,
+                    i64::try_from(p.messages).unwrap_or(i64::MAX),
+                    p.last_topic,
+                    storable_sample(&p.sample),
+                ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_pending(&self) -> Result<Vec<PendingDevice>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {PENDING_COLUMNS} FROM pending_devices \
+                 ORDER BY last_seen DESC, format, vendor_id"
+            ))?;
+            let rows = stmt.query_map([], pending_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn get_pending(&self, format: &str, vendor_id: &str) -> Result<Option<PendingDevice>> {
+        let (format, vendor_id) = (format.to_owned(), vendor_id.to_owned());
+        self.read(move |c| {
+            Ok(c.prepare_cached(&format!(
+                "SELECT {PENDING_COLUMNS} FROM pending_devices \
+                     WHERE format = ?1 AND vendor_id = ?2"
+            ))?
+            .query_row([format, vendor_id], pending_from_row)
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn delete_pending(&self, format: &str, vendor_id: &str) -> Result<bool> {
+        let (format, vendor_id) = (format.to_owned(), vendor_id.to_owned());
+        self.write(move |w| {
+            Ok(w.conn
+                .prepare_cached("DELETE FROM pending_devices WHERE format = ?1 AND vendor_id = ?2")?
+                .execute([format, vendor_id])?
+                > 0)
+        })
+        .await
+    }
+
+    async fn set_rejected(&self, format: &str, vendor_id: &str, rejected: bool) -> Result<()> {
+        let (format, vendor_id) = (format.to_owned(), vendor_id.to_owned());
+        self.write(move |w| {
+            let sql = if rejected {
+                "INSERT INTO rejected_devices (format, vendor_id) VALUES (?1, ?2) \
+                 ON CONFLICT (format, vendor_id) DO NOTHING"
+            } else {
+                "DELETE FROM rejected_devices WHERE format = ?1 AND vendor_id = ?2"
+            };
+            w.conn.prepare_cached(sql)?.execute([format, vendor_id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_rejected(&self) -> Result<Vec<(String, String)>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT format, vendor_id FROM rejected_devices ORDER BY format, vendor_id",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }
@@ -1537,6 +1837,22 @@ pub(crate) async fn test_store() -> Option<Arc<dyn Store>> {
     Some(Arc::new(
         SqliteStore::open(dir.join("wattline.db")).expect("open sqlite store"),
     ))
+}
+
+/// A store in a fresh temporary directory, and the way to open its file again.
+#[cfg(test)]
+pub(crate) async fn reopenable_test_store() -> Option<crate::testsuite::Reopenable> {
+    let path = tempfile::tempdir()
+        .expect("temp dir")
+        .keep()
+        .join("wattline.db");
+    let store = SqliteStore::open(&path).expect("open sqlite store");
+    let reopen: crate::testsuite::Reopen = Box::new(move || {
+        Box::pin(async move {
+            Arc::new(SqliteStore::open(path).expect("reopen sqlite store")) as Arc<dyn Store>
+        })
+    });
+    Some((Arc::new(store), reopen))
 }
 
 #[cfg(test)]

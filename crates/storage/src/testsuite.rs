@@ -1,29 +1,49 @@
 //! The one behavioural suite every [`Store`] backend passes.
 //!
-//! Each check is a `pub async fn(&dyn Store)`; [`store_suite!`] turns the whole list into one
+//! Each check is a `pub async fn(&dyn Store)`, or, for the checks that restart the store, a
+//! `pub async fn(Arc<dyn Store>, Reopen)`; [`store_suite!`] turns both lists into one
 //! `#[tokio::test]` per check for a backend:
 //!
 //! ```ignore
-//! mod pg { store_suite!(pg, crate::postgres::test_store().await); }
+//! mod pg {
+//!     store_suite!(pg, crate::postgres::test_store().await,
+//!         crate::postgres::reopenable_test_store().await);
+//! }
 //! ```
 //!
-//! The constructor expression yields `Option<Arc<dyn Store>>`: `None` skips the test (a
-//! backend whose server isn't there; the constructor itself panics instead when `CI` is set).
-//! Every test gets a fresh, empty store.
+//! The constructor expressions yield `Option<Arc<dyn Store>>` and `Option<Reopenable>`:
+//! `None` skips the test (a backend whose server isn't there; the constructor itself panics
+//! instead when `CI` is set). Every test gets a fresh, empty store.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use wattline_domain::energy::EnergyDelta;
 use wattline_domain::{
     Agg, BucketTier, Device, DeviceId, Point, QStat, Quantity, SeriesId, Site, SiteId, TsMs, Values,
 };
 
-use crate::{IngestToken, Retention, RollupRow, RollupWrite, SeriesPoints, Store, StoreError};
+use crate::{
+    Binding, IngestToken, PendingDevice, Retention, RollupRow, RollupWrite, SeriesPoints, Store,
+    StoreError,
+};
+
+/// Opens the data of a store again, as a restart does. The caller drops the first store
+/// before, so that nothing can come from its memory.
+pub type Reopen = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Arc<dyn Store>> + Send>> + Send>;
+/// A fresh, empty store and the way to open its data again.
+pub type Reopenable = (Arc<dyn Store>, Reopen);
 
 /// Expands to one `#[tokio::test]` per suite check, each on a fresh store from `$ctor`
-/// (an expression of type `Option<Arc<dyn Store>>`, evaluated inside the async test).
+/// (an expression of type `Option<Arc<dyn Store>>`, evaluated inside the async test), or,
+/// for the restart checks, from `$reopenable` (`Option<Reopenable>`).
 macro_rules! store_suite {
-    ($backend:ident, $ctor:expr) => {
+    ($backend:ident, $ctor:expr, $reopenable:expr) => {
+        store_suite!(@reopen $backend, $reopenable;
+            mqtt_state_survives_reopen,
+        );
         store_suite!(@tests $backend, $ctor;
             sites_crud,
             devices_crud_and_tokens,
@@ -48,7 +68,25 @@ macro_rules! store_suite {
             concurrent_writers,
             empty_writes_are_noops,
             append_out_of_order_overlays,
+            mqtt_credentials,
+            device_bindings,
+            pending_devices_merge,
+            rejected_identities,
         );
+    };
+    (@reopen $backend:ident, $ctor:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let opened: Option<$crate::testsuite::Reopenable> = $ctor;
+                let Some((store, reopen)) = opened else {
+                    eprintln!("{}::{} skipped: backend unavailable",
+                        stringify!($backend), stringify!($check));
+                    return;
+                };
+                $crate::testsuite::$check(store, reopen).await;
+            }
+        )*
     };
     (@tests $backend:ident, $ctor:expr; $($check:ident),* $(,)?) => {
         $(
@@ -1506,13 +1544,405 @@ pub async fn append_out_of_order_overlays(store: &dyn Store) {
     assert_eq!(latest[0].1.ts, TsMs(T0 + 40 * SEC));
 }
 
+// ---- MQTT: credentials, topic bindings, pending and rejected identities
+
+/// Site `home` with devices `ids`.
+async fn devices(store: &dyn Store, ids: &[&str]) {
+    if store.get_site(&sid("home")).await.unwrap().is_none() {
+        store.create_site(&site("home")).await.unwrap();
+    }
+    for id in ids {
+        store
+            .create_device(&device(id, "home"), &format!("hash-{id}"))
+            .await
+            .unwrap();
+    }
+}
+
+fn binding(format: &str, vendor_id: &str, dev: &str, at: i64) -> Binding {
+    Binding {
+        format: format.into(),
+        vendor_id: vendor_id.into(),
+        device: did(dev),
+        created_at: TsMs(T0 + at),
+    }
+}
+
+fn pending(vendor_id: &str, first: i64, last: i64, messages: u64, topic: &str) -> PendingDevice {
+    PendingDevice {
+        format: "shelly".into(),
+        vendor_id: vendor_id.into(),
+        first_seen: TsMs(T0 + first),
+        last_seen: TsMs(T0 + last),
+        messages,
+        last_topic: topic.into(),
+        sample: format!("{{\"src\":\"{vendor_id}\",\"topic\":\"{topic}\"}}"),
+    }
+}
+
+pub async fn mqtt_credentials(store: &dyn Store) {
+    devices(store, &["d1", "d2"]).await;
+    let (d1, d2) = (did("d1"), did("d2"));
+
+    // An unknown device gets nothing.
+    assert!(!store
+        .set_mqtt_credential(&did("ghost"), "ghost", "h0")
+        .await
+        .unwrap());
+    assert_eq!(store.mqtt_credential("ghost").await.unwrap(), None);
+    assert_eq!(store.mqtt_username(&did("ghost")).await.unwrap(), None);
+
+    assert_eq!(store.mqtt_username(&d1).await.unwrap(), None);
+    assert!(store
+        .set_mqtt_credential(&d1, "meter-a", "h1")
+        .await
+        .unwrap());
+    assert_eq!(
+        store.mqtt_credential("meter-a").await.unwrap(),
+        Some((d1.clone(), "h1".to_owned()))
+    );
+    assert_eq!(
+        store.mqtt_username(&d1).await.unwrap(),
+        Some("meter-a".to_owned())
+    );
+
+    // Replacing: a new password under the same name, then a new name; the old name is free.
+    assert!(store
+        .set_mqtt_credential(&d1, "meter-a", "h2")
+        .await
+        .unwrap());
+    assert_eq!(
+        store.mqtt_credential("meter-a").await.unwrap(),
+        Some((d1.clone(), "h2".to_owned()))
+    );
+    assert!(store
+        .set_mqtt_credential(&d1, "meter-b", "h3")
+        .await
+        .unwrap());
+    assert_eq!(store.mqtt_credential("meter-a").await.unwrap(), None);
+    assert_eq!(
+        store.mqtt_credential("meter-b").await.unwrap(),
+        Some((d1.clone(), "h3".to_owned()))
+    );
+    assert_eq!(
+        store.mqtt_username(&d1).await.unwrap(),
+        Some("meter-b".to_owned())
+    );
+
+    // A username names one device; the failed attempt changes nothing.
+    assert!(is_conflict(
+        store.set_mqtt_credential(&d2, "meter-b", "h4").await
+    ));
+    assert_eq!(store.mqtt_username(&d2).await.unwrap(), None);
+    assert_eq!(
+        store.mqtt_credential("meter-b").await.unwrap(),
+        Some((d1.clone(), "h3".to_owned()))
+    );
+    // The old name is free for another device now; names are case-sensitive.
+    assert!(store
+        .set_mqtt_credential(&d2, "meter-a", "h5")
+        .await
+        .unwrap());
+    assert!(store
+        .set_mqtt_credential(&d2, "Meter-B", "h6")
+        .await
+        .unwrap());
+    assert_eq!(store.mqtt_credential("meter-a").await.unwrap(), None);
+    assert_eq!(
+        store.mqtt_credential("Meter-B").await.unwrap(),
+        Some((d2.clone(), "h6".to_owned()))
+    );
+    assert_eq!(store.mqtt_credential("METER-B").await.unwrap(), None);
+
+    assert!(store.delete_mqtt_credential(&d1).await.unwrap());
+    assert!(!store.delete_mqtt_credential(&d1).await.unwrap());
+    assert_eq!(store.mqtt_credential("meter-b").await.unwrap(), None);
+    assert_eq!(store.mqtt_username(&d1).await.unwrap(), None);
+    assert_eq!(
+        store.mqtt_username(&d2).await.unwrap(),
+        Some("Meter-B".into())
+    );
+
+    // Deleting the device deletes its credential: a device re-created under the same id has
+    // none, and the name is free again.
+    assert!(store.delete_device(&d2).await.unwrap());
+    assert_eq!(store.mqtt_credential("Meter-B").await.unwrap(), None);
+    devices(store, &["d2"]).await;
+    assert_eq!(store.mqtt_username(&d2).await.unwrap(), None);
+    assert!(store
+        .set_mqtt_credential(&d1, "Meter-B", "h7")
+        .await
+        .unwrap());
+    assert!(!store.delete_mqtt_credential(&d2).await.unwrap());
+}
+
+pub async fn device_bindings(store: &dyn Store) {
+    devices(store, &["d1", "d2"]).await;
+    let (d1, d2) = (did("d1"), did("d2"));
+
+    assert!(!store
+        .bind_device(&binding("shelly", "x", "ghost", 0))
+        .await
+        .unwrap());
+    assert!(store.list_bindings().await.unwrap().is_empty());
+
+    let first = binding("shelly", "shellyem-A1", "d1", 1);
+    assert!(store.bind_device(&first).await.unwrap());
+    // Again to the same device: fine, and the binding keeps its first created_at.
+    assert!(store
+        .bind_device(&binding("shelly", "shellyem-A1", "d1", 99))
+        .await
+        .unwrap());
+    assert_eq!(store.list_bindings().await.unwrap(), vec![first.clone()]);
+    // To another device: refused, and nothing changes. Even when that device doesn't exist,
+    // the identity stays where it is.
+    assert!(is_conflict(
+        store
+            .bind_device(&binding("shelly", "shellyem-A1", "d2", 2))
+            .await
+    ));
+    assert!(!store
+        .bind_device(&binding("shelly", "shellyem-A1", "ghost", 2))
+        .await
+        .unwrap());
+    assert_eq!(store.list_bindings().await.unwrap(), vec![first.clone()]);
+    assert!(store.device_bindings(&d2).await.unwrap().is_empty());
+
+    // Vendor ids are case-sensitive, and the same vendor id in another format is another
+    // identity.
+    let lower = binding("shelly", "shellyem-a1", "d2", 3);
+    let tasmota = binding("tasmota", "shellyem-A1", "d2", 4);
+    let second = binding("json", "meter-7", "d1", 5);
+    for b in [&lower, &tasmota, &second] {
+        assert!(store.bind_device(b).await.unwrap());
+    }
+    assert_eq!(
+        store.list_bindings().await.unwrap(),
+        vec![
+            second.clone(),
+            first.clone(),
+            lower.clone(),
+            tasmota.clone()
+        ],
+        "ordered by (format, vendor id)"
+    );
+    assert_eq!(
+        store.device_bindings(&d1).await.unwrap(),
+        vec![second.clone(), first.clone()]
+    );
+    assert_eq!(
+        store.device_bindings(&d2).await.unwrap(),
+        vec![lower.clone(), tasmota.clone()]
+    );
+
+    assert!(store.unbind_device("shelly", "shellyem-A1").await.unwrap());
+    assert!(!store.unbind_device("shelly", "shellyem-A1").await.unwrap());
+    assert!(!store.unbind_device("shelly", "SHELLYEM-A1").await.unwrap());
+    // Unbound, the identity can go to another device.
+    let moved = binding("shelly", "shellyem-A1", "d2", 6);
+    assert!(store.bind_device(&moved).await.unwrap());
+    assert_eq!(
+        store.device_bindings(&d1).await.unwrap(),
+        vec![second.clone()]
+    );
+
+    // Deleting a device deletes its bindings, not the other device's.
+    assert!(store.delete_device(&d2).await.unwrap());
+    assert_eq!(store.list_bindings().await.unwrap(), vec![second.clone()]);
+    devices(store, &["d2"]).await;
+    assert!(store.device_bindings(&d2).await.unwrap().is_empty());
+    assert!(store.bind_device(&lower).await.unwrap());
+}
+
+pub async fn pending_devices_merge(store: &dyn Store) {
+    assert!(store.list_pending().await.unwrap().is_empty());
+    let a = pending("A", 10 * SEC, 20 * SEC, 3, "shellies/A/emeter/0/power");
+    store.upsert_pending(&a).await.unwrap();
+    assert_eq!(
+        store.get_pending("shelly", "A").await.unwrap(),
+        Some(a.clone())
+    );
+
+    // An older report (from another node, or a batch flushed late) widens the window, adds
+    // its count, and its topic and sample replace the stored ones.
+    let older = pending("A", 5 * SEC, 15 * SEC, 2, "shellies/A/emeter/1/power");
+    store.upsert_pending(&older).await.unwrap();
+    let merged = PendingDevice {
+        first_seen: TsMs(T0 + 5 * SEC),
+        last_seen: TsMs(T0 + 20 * SEC),
+        messages: 5,
+        ..older.clone()
+    };
+    assert_eq!(
+        store.get_pending("shelly", "A").await.unwrap(),
+        Some(merged.clone())
+    );
+    let newer = pending("A", 30 * SEC, 40 * SEC, 1, "shellies/A/relay/0");
+    store.upsert_pending(&newer).await.unwrap();
+    let merged = PendingDevice {
+        first_seen: TsMs(T0 + 5 * SEC),
+        last_seen: TsMs(T0 + 40 * SEC),
+        messages: 6,
+        ..newer.clone()
+    };
+    assert_eq!(
+        store.get_pending("shelly", "A").await.unwrap(),
+        Some(merged.clone())
+    );
+
+    // Newest last_seen first; identities are case-sensitive and per format.
+    let b = pending("B", 0, 50 * SEC, 1, "shellies/B/emeter/0/power");
+    let lower_a = pending("a", 0, 30 * SEC, 1, "shellies/a/emeter/0/power");
+    let other_format = PendingDevice {
+        format: "tasmota".into(),
+        ..pending("A", 0, 10 * SEC, 7, "tele/A/SENSOR")
+    };
+    for p in [&b, &lower_a, &other_format] {
+        store.upsert_pending(p).await.unwrap();
+    }
+    assert_eq!(
+        store.list_pending().await.unwrap(),
+        vec![
+            b.clone(),
+            merged.clone(),
+            lower_a.clone(),
+            other_format.clone()
+        ]
+    );
+    assert_eq!(store.get_pending("shelly", "b").await.unwrap(), None);
+    assert_eq!(store.get_pending("json", "A").await.unwrap(), None);
+
+    assert!(store.delete_pending("shelly", "A").await.unwrap());
+    assert!(!store.delete_pending("shelly", "A").await.unwrap());
+    assert_eq!(store.get_pending("shelly", "A").await.unwrap(), None);
+    assert_eq!(
+        store.list_pending().await.unwrap(),
+        vec![b.clone(), lower_a.clone(), other_format.clone()]
+    );
+    // Deleted, an identity starts afresh.
+    store.upsert_pending(&a).await.unwrap();
+    assert_eq!(
+        store.get_pending("shelly", "A").await.unwrap(),
+        Some(a.clone())
+    );
+
+    // A payload sample may hold anything that is valid UTF-8, NUL included (stored as
+    // U+FFFD); counts saturate rather than fail.
+    let odd = PendingDevice {
+        sample: "bin\0ary \u{1F50C} \"'\\".into(),
+        messages: u64::MAX,
+        ..pending("odd", 0, 0, 0, "x/odd")
+    };
+    store.upsert_pending(&odd).await.unwrap();
+    store.upsert_pending(&odd).await.unwrap();
+    let got = store.get_pending("shelly", "odd").await.unwrap().unwrap();
+    assert_eq!(got.sample, "bin\u{FFFD}ary \u{1F50C} \"'\\");
+    assert_eq!(got.messages, i64::MAX as u64);
+}
+
+pub async fn rejected_identities(store: &dyn Store) {
+    assert!(store.list_rejected().await.unwrap().is_empty());
+    store.set_rejected("shelly", "B", true).await.unwrap();
+    store.set_rejected("shelly", "A", true).await.unwrap();
+    store.set_rejected("shelly", "A", true).await.unwrap();
+    store.set_rejected("shelly", "a", true).await.unwrap();
+    store.set_rejected("json", "B", true).await.unwrap();
+    let pair = |f: &str, v: &str| (f.to_owned(), v.to_owned());
+    assert_eq!(
+        store.list_rejected().await.unwrap(),
+        vec![
+            pair("json", "B"),
+            pair("shelly", "A"),
+            pair("shelly", "B"),
+            pair("shelly", "a")
+        ]
+    );
+    store.set_rejected("shelly", "A", false).await.unwrap();
+    store.set_rejected("shelly", "A", false).await.unwrap();
+    store.set_rejected("tasmota", "never", false).await.unwrap();
+    assert_eq!(
+        store.list_rejected().await.unwrap(),
+        vec![pair("json", "B"), pair("shelly", "B"), pair("shelly", "a")]
+    );
+    // Rejection is independent of the pending list.
+    store
+        .upsert_pending(&pending("C", 0, SEC, 1, "shellies/C"))
+        .await
+        .unwrap();
+    store.set_rejected("shelly", "C", true).await.unwrap();
+    assert_eq!(store.list_pending().await.unwrap().len(), 1);
+}
+
+/// MQTT state is on disk when its calls return: all of it is there after a restart, and a
+/// device deleted then still takes its credential and bindings along.
+pub async fn mqtt_state_survives_reopen(store: Arc<dyn Store>, reopen: Reopen) {
+    devices(&*store, &["d1", "d2"]).await;
+    assert!(store
+        .set_mqtt_credential(&did("d1"), "meter-1", "h1")
+        .await
+        .unwrap());
+    assert!(store
+        .set_mqtt_credential(&did("d2"), "meter-2", "h2")
+        .await
+        .unwrap());
+    let bindings = vec![
+        binding("shelly", "A", "d1", 1),
+        binding("shelly", "B", "d2", 2),
+    ];
+    for b in &bindings {
+        assert!(store.bind_device(b).await.unwrap());
+    }
+    let p = pending("C", SEC, 2 * SEC, 4, "shellies/C/emeter/0/power");
+    store.upsert_pending(&p).await.unwrap();
+    store.set_rejected("shelly", "D", true).await.unwrap();
+    drop(store);
+
+    let store = reopen().await;
+    assert_eq!(
+        store.mqtt_credential("meter-1").await.unwrap(),
+        Some((did("d1"), "h1".to_owned()))
+    );
+    assert_eq!(
+        store.mqtt_username(&did("d2")).await.unwrap(),
+        Some("meter-2".to_owned())
+    );
+    assert_eq!(store.list_bindings().await.unwrap(), bindings);
+    assert_eq!(store.list_pending().await.unwrap(), vec![p.clone()]);
+    assert_eq!(
+        store.list_rejected().await.unwrap(),
+        vec![("shelly".to_owned(), "D".to_owned())]
+    );
+    // The merge continues from what was stored.
+    store
+        .upsert_pending(&pending("C", 3 * SEC, 3 * SEC, 1, "shellies/C/relay/0"))
+        .await
+        .unwrap();
+    let got = store.get_pending("shelly", "C").await.unwrap().unwrap();
+    assert_eq!(
+        (got.first_seen, got.last_seen, got.messages),
+        (TsMs(T0 + SEC), TsMs(T0 + 3 * SEC), 5)
+    );
+    // Cascades work on the reopened store too.
+    assert!(store.delete_device(&did("d1")).await.unwrap());
+    assert_eq!(store.mqtt_credential("meter-1").await.unwrap(), None);
+    assert_eq!(store.list_bindings().await.unwrap(), bindings[1..].to_vec());
+}
+
 // ---- the backends
 
 #[cfg(feature = "postgres")]
 mod pg {
-    store_suite!(pg, crate::postgres::test_store().await);
+    store_suite!(
+        pg,
+        crate::postgres::test_store().await,
+        crate::postgres::reopenable_test_store().await
+    );
 }
 
 mod sqlite {
-    store_suite!(sqlite, crate::sqlite::test_store().await);
+    store_suite!(
+        sqlite,
+        crate::sqlite::test_store().await,
+        crate::sqlite::reopenable_test_store().await
+    );
 }

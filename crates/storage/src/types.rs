@@ -10,6 +10,42 @@ pub struct IngestToken {
     pub created_at: TsMs,
 }
 
+/// A vendor identity seen on MQTT, `(format, vendor_id)`, bound to a registered device: its
+/// messages are stored as that device's readings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Binding {
+    /// The payload family (the MQTT adapter's name for it).
+    pub format: String,
+    /// The device's own identifier within that family, case-sensitive.
+    pub vendor_id: String,
+    pub device: DeviceId,
+    pub created_at: TsMs,
+}
+
+/// A vendor identity seen on MQTT that no binding knows, awaiting an admin's decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingDevice {
+    pub format: String,
+    pub vendor_id: String,
+    pub first_seen: TsMs,
+    pub last_seen: TsMs,
+    pub messages: u64,
+    pub last_topic: String,
+    /// The first bytes of the last payload as lossy UTF-8, at most 512 characters (the caller
+    /// truncates). NUL characters are stored as U+FFFD.
+    pub sample: String,
+}
+
+/// PostgreSQL `text` cannot hold NUL, and a payload sample may contain one. Both backends
+/// store the same replacement so that they agree; the sample is for display only.
+pub(crate) fn storable_sample(sample: &str) -> std::borrow::Cow<'_, str> {
+    if sample.contains('\0') {
+        sample.replace('\0', "\u{FFFD}").into()
+    } else {
+        sample.into()
+    }
+}
+
 /// A (device, channel) series and how far its rollups are known to be complete.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeriesInfo {

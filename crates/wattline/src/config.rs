@@ -15,6 +15,14 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub http: String,
+    pub mqtt: String,
+    pub mqtts: Option<String>,
+    pub mqtt_tls_cert: Option<PathBuf>,
+    pub mqtt_tls_key: Option<PathBuf>,
+    pub mqtt_broker: Option<String>,
+    pub mqtt_broker_ca: Option<PathBuf>,
+    pub mqtt_group: String,
+    pub offline_after_s: u64,
     pub data_dir: PathBuf,
     pub database: Option<String>,
     pub admin_token: Option<String>,
@@ -37,6 +45,14 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             http: "0.0.0.0:8080".into(),
+            mqtt: "0.0.0.0:1883".into(),
+            mqtts: None,
+            mqtt_tls_cert: None,
+            mqtt_tls_key: None,
+            mqtt_broker: None,
+            mqtt_broker_ca: None,
+            mqtt_group: "wattline".into(),
+            offline_after_s: 600,
             data_dir: PathBuf::from("wattline-data"),
             database: None,
             admin_token: None,
@@ -61,6 +77,14 @@ impl Default for Config {
 pub fn docs() -> &'static [(&'static str, &'static str)] {
     &[
         ("http", "Address of the HTTP API (port 0 picks a free port; the bound address is logged)."),
+        ("mqtt", "Address of the built-in MQTT broker (3.1.1 and 5; port 0 picks a free port; `off` disables it). Not started when `mqtt_broker` is set."),
+        ("mqtts", "Address of the built-in broker's TLS listener (needs `mqtt_tls_cert` and `mqtt_tls_key`)."),
+        ("mqtt_tls_cert", "PEM certificate chain for `mqtts`."),
+        ("mqtt_tls_key", "PEM private key for `mqtts`."),
+        ("mqtt_broker", "`mqtt://user:pass@host:port` or `mqtts://…`: use this external broker (shared subscription) instead of the built-in one."),
+        ("mqtt_broker_ca", "PEM CA certificate to verify an `mqtts://` external broker."),
+        ("mqtt_group", "Shared-subscription group on the external broker; nodes of one group split the stream."),
+        ("offline_after_s", "A device that sends nothing for this long is shown offline."),
         ("data_dir", "Directory for the embedded database and the generated admin token; created on first start."),
         ("database", "`postgres://user:pass@host:port/db` to store in PostgreSQL instead of the embedded SQLite file."),
         ("admin_token", "The admin token. Unset: read from `<data_dir>/admin-token`, generated there (mode 600) on first start."),
@@ -84,6 +108,9 @@ pub fn docs() -> &'static [(&'static str, &'static str)] {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub http: Option<String>,
+    pub mqtt: Option<String>,
+    pub mqtts: Option<String>,
+    pub mqtt_broker: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub database: Option<String>,
     pub log_format: Option<String>,
@@ -151,6 +178,9 @@ impl Config {
             }
         };
         set("http", flags.http.clone());
+        set("mqtt", flags.mqtt.clone());
+        set("mqtts", flags.mqtts.clone());
+        set("mqtt_broker", flags.mqtt_broker.clone());
         set(
             "data_dir",
             flags.data_dir.as_ref().map(|p| p.display().to_string()),
@@ -164,6 +194,19 @@ impl Config {
 
     fn validate(&self) -> anyhow::Result<()> {
         self.http_addr()?;
+        self.mqtt_addr()?;
+        if let Some(a) = &self.mqtts {
+            parse_addr("mqtts", a)?;
+            if self.mqtt_tls_cert.is_none() || self.mqtt_tls_key.is_none() {
+                bail!("mqtts needs mqtt_tls_cert and mqtt_tls_key (PEM files)");
+            }
+        }
+        if let Some(url) = &self.mqtt_broker {
+            wattline_mqtt::client::BrokerUrl::parse(url).map_err(|e| anyhow::anyhow!("mqtt_broker: {e}"))?;
+        }
+        if self.mqtt_group.is_empty() || self.mqtt_group.contains(['/', '+', '#']) {
+            bail!("mqtt_group must be a non-empty topic level without / + #");
+        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             bail!("log_format must be text or json, not {:?}", self.log_format);
         }
@@ -178,6 +221,14 @@ impl Config {
             bail!("max_body_bytes must be at least 1024");
         }
         Ok(())
+    }
+
+    /// The built-in broker's address; `None` when it is off (or an external broker is used).
+    pub fn mqtt_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        if self.mqtt == "off" || self.mqtt.is_empty() {
+            return Ok(None);
+        }
+        parse_addr("mqtt", &self.mqtt).map(Some)
     }
 
     pub fn http_addr(&self) -> anyhow::Result<SocketAddr> {
@@ -296,4 +347,10 @@ mod tests {
         .unwrap_err();
         assert!(format!("{err:#}").contains("Mars/Olympus"));
     }
+}
+
+fn parse_addr(option: &str, value: &str) -> anyhow::Result<SocketAddr> {
+    value
+        .parse()
+        .with_context(|| format!("{option} address {value:?} is not host:port (e.g. 0.0.0.0:1883)"))
 }

@@ -35,6 +35,15 @@ struct ServeArgs {
     /// HTTP API address, e.g. 0.0.0.0:8080 (port 0 picks a free one).
     #[arg(long)]
     http: Option<String>,
+    /// Built-in MQTT broker address, e.g. 0.0.0.0:1883 (port 0 picks a free one; `off` disables).
+    #[arg(long)]
+    mqtt: Option<String>,
+    /// TLS listener of the built-in broker (needs mqtt_tls_cert and mqtt_tls_key).
+    #[arg(long)]
+    mqtts: Option<String>,
+    /// External broker instead of the built-in one: mqtt://user:pass@host:port or mqtts://…
+    #[arg(long)]
+    mqtt_broker: Option<String>,
     /// Data directory (embedded database, generated admin token).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -53,6 +62,9 @@ fn main() -> anyhow::Result<()> {
             let env: std::collections::HashMap<String, String> = std::env::vars().collect();
             let flags = config::Overrides {
                 http: args.http,
+                mqtt: args.mqtt,
+                mqtts: args.mqtts,
+                mqtt_broker: args.mqtt_broker,
                 data_dir: args.data_dir,
                 database: args.database,
                 log_format: args.log_format,

@@ -2,9 +2,12 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use wattline_mqtt::{Broker, BrokerConfig, BrokerSide, Hub};
 use wattline_domain::{Site, SiteId, TsMs};
 use wattline_ingest::{Engine, EngineConfig};
 use wattline_storage::{DynStore, StoreError};
@@ -134,6 +137,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen for HTTP on {addr} (in use?); choose another with --http ADDR or WATTLINE_HTTP")
     })?;
+    let mqtt_listener = match (&config.mqtt_broker, config.mqtt_addr()?) {
+        (None, Some(addr)) => Some(TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen for MQTT on {addr} (port {} in use? another broker such as Mosquitto may hold it); choose another with --mqtt ADDR (e.g. --mqtt 0.0.0.0:1884), WATTLINE_MQTT, or turn the built-in broker off with --mqtt off", addr.port())
+        })?),
+        _ => None,
+    };
+    let mqtts_listener = match (&config.mqtt_broker, &config.mqtts) {
+        (None, Some(addr)) => {
+            let addr: std::net::SocketAddr = addr.parse()?;
+            let acceptor = wattline_mqtt::tls::acceptor(
+                config.mqtt_tls_cert.as_deref().context("mqtts needs mqtt_tls_cert")?,
+                config.mqtt_tls_key.as_deref().context("mqtts needs mqtt_tls_key")?,
+            )?;
+            let listener = TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen for MQTT over TLS on {addr} (port {} in use?); choose another with --mqtts ADDR", addr.port())
+            })?;
+            Some((listener, acceptor))
+        }
+        _ => None,
+    };
     let store = open_store(&config).await?;
     ensure_default_site(&store, &config.timezone).await?;
     let admin_token_hash = admin_token_hash(&config)?;
@@ -150,10 +173,77 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ..EngineConfig::default()
     };
     let (engine, tasks) = Engine::start(store, engine_config).await?;
+    let limits = wattline_domain::Limits::default();
+    let hub = Hub::new(
+        engine.clone(),
+        admin_token_hash.clone(),
+        limits.clone(),
+        Duration::from_secs(config.offline_after_s),
+    )
+    .await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut mqtt_tasks = Vec::new();
+    mqtt_tasks.push(tokio::spawn(hub.clone().run_pending_flusher(Duration::from_secs(2), stop_rx.clone())));
+    let broker = match &config.mqtt_broker {
+        Some(url) => {
+            let client_config = wattline_mqtt::client::ClientConfig {
+                url: wattline_mqtt::client::BrokerUrl::parse(url).map_err(anyhow::Error::msg)?,
+                group: config.mqtt_group.clone(),
+                client_id: format!("wattline-{:08x}", rand_u32()),
+                ca_pem: match &config.mqtt_broker_ca {
+                    Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+                    None => None,
+                },
+            };
+            tracing::info!(host = %client_config.url.host, port = client_config.url.port, group = %client_config.group, "using the external MQTT broker (built-in broker not started)");
+            let hub = hub.clone();
+            let stop = stop_rx.clone();
+            mqtt_tasks.push(tokio::spawn(async move {
+                if let Err(e) = wattline_mqtt::client::run(hub, client_config, stop).await {
+                    tracing::error!(error = %e, "external MQTT broker client stopped");
+                }
+            }));
+            None
+        }
+        None => {
+            let broker = Broker::new(Arc::new(BrokerSide(hub.clone())), BrokerConfig::default());
+            let kick_handle = broker.clone();
+            hub.set_kicker(Box::new(move |who| kick_handle.kick(who)));
+            if let Some(listener) = mqtt_listener {
+                let bound = listener.local_addr()?;
+                tracing::info!(mqtt_addr = %bound, "Wattline MQTT broker listening on mqtt://{bound}");
+                let b = broker.clone();
+                let stop = stop_rx.clone();
+                mqtt_tasks.push(tokio::spawn(async move {
+                    b.serve(listener, stop, |tcp| async move { Ok(tcp) }).await;
+                }));
+            }
+            if let Some((listener, acceptor)) = mqtts_listener {
+                let bound = listener.local_addr()?;
+                tracing::info!(mqtts_addr = %bound, "Wattline MQTT broker (TLS) listening on mqtts://{bound}");
+                let b = broker.clone();
+                let stop = stop_rx.clone();
+                mqtt_tasks.push(tokio::spawn(async move {
+                    b.serve(listener, stop, move |tcp| {
+                        let acceptor = acceptor.clone();
+                        async move {
+                            tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                                .await
+                                .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")))
+                        }
+                    })
+                    .await;
+                }));
+            }
+            Some(broker)
+        }
+    };
     let state = AppState {
         engine,
+        hub,
+        broker_metrics: broker.map(|b| Arc::new(move || b.stats().render()) as _),
         admin_token_hash: admin_token_hash.into(),
-        limits: Arc::new(wattline_domain::Limits::default()),
+        limits: Arc::new(limits),
         max_body_bytes: config.max_body_bytes,
         default_site: DEFAULT_SITE.into(),
         default_timezone: config.timezone.clone(),
@@ -161,7 +251,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let bound = listener.local_addr()?;
     tracing::info!(http_addr = %bound, "Wattline HTTP API listening on http://{bound}");
     wattline_web::serve(listener, state, shutdown_signal()).await?;
+    // MQTT stops after HTTP: acknowledged messages are already durable, and the engine's
+    // shutdown below flushes the rest.
+    let _ = stop_tx.send(true);
+    for t in mqtt_tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
     tasks.shutdown().await;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.finish() as u32
 }

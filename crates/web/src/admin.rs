@@ -16,7 +16,7 @@ use crate::auth::{hash_token, new_token, require_admin};
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
-fn parse_device_id(id: &str) -> ApiResult<DeviceId> {
+pub fn parse_device_id(id: &str) -> ApiResult<DeviceId> {
     DeviceId::parse(id).map_err(|e| ApiError::bad_request("bad_id", e.to_string()))
 }
 
@@ -275,6 +275,8 @@ struct NewDevice {
     kind: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    /// The vendor topic identity this device publishes as (Tasmota topic, Shelly id...).
+    binding: Option<crate::mqtt::BindingBody>,
 }
 
 #[derive(Deserialize)]
@@ -293,7 +295,7 @@ pub fn device_json(device: &Device) -> Value {
     })
 }
 
-async fn existing_site(state: &AppState, site: &str) -> ApiResult<SiteId> {
+pub async fn existing_site(state: &AppState, site: &str) -> ApiResult<SiteId> {
     let site = parse_site_id(site)?;
     if state.engine.store().get_site(&site).await?.is_none() {
         return Err(ApiError::bad_request(
@@ -322,17 +324,31 @@ pub async fn create_device(
         labels: new.labels,
         created_at: TsMs::now(),
     };
+    let identity = new.binding.as_ref().map(|b| b.identity()).transpose()?;
+    let mut body = create_device_record(&state, &device).await?;
+    if let Some(identity) = identity {
+        let binding = crate::mqtt::bind(&state, &identity, &device.id).await?;
+        body["bindings"] = json!([{"format": binding.format, "id": binding.vendor_id}]);
+    }
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Stores a new device with its HTTP token and MQTT credential; the answer shows both secrets
+/// (once).
+pub async fn create_device_record(state: &AppState, device: &Device) -> ApiResult<Value> {
     let token = new_token("wld");
     state
         .engine
         .store()
-        .create_device(&device, &hash_token(&token))
+        .create_device(device, &hash_token(&token))
         .await?;
-    state.engine.registry().put_device(&device);
+    state.engine.registry().put_device(device);
+    let mqtt = crate::mqtt::issue_credential(state, &device.id).await?;
     tracing::info!(device = %device.id, site = %device.site, "device created");
-    let mut body = device_json(&device);
+    let mut body = device_json(device);
     body["token"] = json!(token);
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    body["mqtt"] = mqtt;
+    Ok(body)
 }
 
 pub async fn get_device(
@@ -345,6 +361,7 @@ pub async fn get_device(
     let device = device_or_404(&state, &id).await?;
     let mut body = device_json(&device);
     crate::query::add_latest(&state, &device.id, &mut body);
+    crate::mqtt::add_mqtt_view(&state, &device, &mut body).await?;
     Ok(Json(body))
 }
 
@@ -390,6 +407,7 @@ pub async fn delete_device(
         return Err(ApiError::not_found(format!("device {id}")));
     }
     state.engine.forget_device(&id);
+    state.hub.forget_device(&id);
     tracing::info!(device = %id, "device deleted with its readings");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -7,30 +7,10 @@ use axum::http::HeaderMap;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use wattline_domain::{DeviceId, SiteId};
+pub use wattline_domain::Principal;
 
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Principal {
-    Admin,
-    /// A site ingest token: writes any device of its site.
-    Site(SiteId),
-    /// A device token: writes only its own device.
-    Device(DeviceId),
-}
-
-impl Principal {
-    /// Whether this caller may write readings of `device` (which belongs to `site`).
-    pub fn may_write(&self, device: &DeviceId, site: &SiteId) -> bool {
-        match self {
-            Principal::Admin => true,
-            Principal::Site(s) => s == site,
-            Principal::Device(d) => d == device,
-        }
-    }
-}
 
 /// A new random token with a readable prefix saying what it is for.
 pub fn new_token(prefix: &str) -> String {

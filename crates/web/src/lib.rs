@@ -5,6 +5,7 @@ pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod ingest;
+pub mod mqtt;
 pub mod openapi;
 pub mod query;
 
@@ -25,6 +26,10 @@ use wattline_ingest::Engine;
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Engine,
+    /// MQTT: bindings, pending devices, availability, disconnecting revoked devices.
+    pub hub: Arc<wattline_mqtt::Hub>,
+    /// The built-in broker's metrics, when it runs.
+    pub broker_metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     /// SHA-256 of the admin token; the token itself is not kept in memory longer than startup.
     pub admin_token_hash: Arc<str>,
     pub limits: Arc<Limits>,
@@ -76,6 +81,27 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/devices/{id}/token",
             post(admin::rotate_device_token),
         )
+        .route(
+            "/api/v1/devices/{id}/mqtt",
+            post(mqtt::rotate_credential).delete(mqtt::revoke_credential),
+        )
+        .route(
+            "/api/v1/devices/{id}/bindings",
+            get(mqtt::list_bindings).post(mqtt::add_binding),
+        )
+        .route(
+            "/api/v1/devices/{id}/bindings/{format}/{vendor_id}",
+            axum::routing::delete(mqtt::delete_binding),
+        )
+        .route("/api/v1/pending-devices", get(mqtt::list_pending))
+        .route(
+            "/api/v1/pending-devices/{format}/{vendor_id}/accept",
+            post(mqtt::accept_pending),
+        )
+        .route(
+            "/api/v1/pending-devices/{format}/{vendor_id}/reject",
+            post(mqtt::reject_pending),
+        )
         .route("/api/v1/devices/{id}/series", get(query::series))
         .route("/api/v1/devices/{id}/stats", get(query::stats))
         .route("/api/v1/devices/{id}/energy", get(query::energy))
@@ -100,7 +126,14 @@ async fn healthz(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.engine.metrics().render(),
+        {
+            let mut text = state.engine.metrics().render();
+            text.push_str(&state.hub.render_metrics());
+            if let Some(broker) = &state.broker_metrics {
+                text.push_str(&broker());
+            }
+            text
+        },
     )
         .into_response()
 }

@@ -49,10 +49,11 @@ pub async fn list_devices(
 ) -> ApiResult<Json<Value>> {
     require_admin(&state, &headers).await?;
     let devices = state.engine.store().list_devices().await?;
+    let now = wattline_domain::TsMs::now();
     let out = devices
         .iter()
         .map(|d| {
-            let mut body = crate::admin::device_json(d);
+            let mut body = crate::mqtt::device_list_json(&state, d, now);
             add_latest(&state, &d.id, &mut body);
             body
         })

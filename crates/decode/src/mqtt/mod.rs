@@ -33,6 +33,7 @@ mod shelly;
 mod tasmota;
 
 pub use esp32::Esp32State;
+pub use native::decode_gateway;
 pub use shelly::ShellyState;
 
 /// The payload families Wattline understands.

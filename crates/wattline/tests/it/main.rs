@@ -4,6 +4,7 @@ mod admin;
 mod durability;
 mod energy;
 mod ingest;
+mod mqtt;
 mod postgres;
 mod query;
 mod support;

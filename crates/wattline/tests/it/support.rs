@@ -67,11 +67,16 @@ pub fn drop_pg_database(url: &str) {
 pub struct Options {
     pub database: Option<String>,
     pub env: Vec<(String, String)>,
+    /// Extra `serve` arguments (e.g. `--mqtt-broker URL`); the built-in broker listens on a
+    /// free loopback port unless these say otherwise.
+    pub args: Vec<String>,
 }
 
 pub struct TestServer {
     child: Option<Child>,
     pub base: String,
+    /// `127.0.0.1:port` of the built-in MQTT broker, when it runs.
+    pub mqtt: Option<String>,
     pub data_dir: PathBuf,
     pub options: Options,
     log: Arc<Mutex<String>>,
@@ -123,6 +128,10 @@ impl TestServer {
         if let Some(db) = &options.database {
             cmd.args(["--database", db]);
         }
+        if !options.args.iter().any(|a| a.starts_with("--mqtt")) {
+            cmd.args(["--mqtt", "127.0.0.1:0"]);
+        }
+        cmd.args(&options.args);
         for (k, v) in &options.env {
             cmd.env(k, v);
         }
@@ -133,26 +142,33 @@ impl TestServer {
         let log2 = log.clone();
         let log_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    // Text or JSON logs: the address ends where host:port characters end.
-                    let addr: String = rest
-                        .chars()
-                        .take_while(|c| {
-                            c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']')
-                        })
-                        .collect();
-                    let _ = tx.send(addr);
+                for scheme in ["mqtt", "http"] {
+                    if let Some(rest) = line.split(&format!("listening on {scheme}://")).nth(1) {
+                        // Text or JSON logs: the address ends where host:port characters end.
+                        let addr: String = rest
+                            .chars()
+                            .take_while(|c| {
+                                c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']')
+                            })
+                            .collect();
+                        let _ = tx.send((scheme, addr));
+                    }
                 }
                 let mut l = log2.lock().unwrap();
                 l.push_str(&line);
                 l.push('\n');
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("wattline did not start; log:\n{}", log.lock().unwrap());
+        // The broker is announced before the HTTP API, which comes last.
+        let mut mqtt = None;
+        let addr = loop {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(("http", a)) => break a,
+                Ok((_, a)) => mqtt = Some(a),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("wattline did not start; log:\n{}", log.lock().unwrap());
+                }
             }
         };
         let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -163,6 +179,7 @@ impl TestServer {
         TestServer {
             child: Some(child),
             base: format!("http://{addr}"),
+            mqtt,
             data_dir,
             options,
             log,
