@@ -69,6 +69,53 @@ impl Store for SlowAppends {
     async fn ingest_token_site(&self, token_hash: &str) -> Result<Option<SiteId>> {
         self.inner.ingest_token_site(token_hash).await
     }
+    async fn set_mqtt_credential(
+        &self,
+        device: &DeviceId,
+        username: &str,
+        hash: &str,
+    ) -> Result<bool> {
+        self.inner.set_mqtt_credential(device, username, hash).await
+    }
+    async fn delete_mqtt_credential(&self, device: &DeviceId) -> Result<bool> {
+        self.inner.delete_mqtt_credential(device).await
+    }
+    async fn mqtt_credential(&self, username: &str) -> Result<Option<(DeviceId, String)>> {
+        self.inner.mqtt_credential(username).await
+    }
+    async fn mqtt_username(&self, device: &DeviceId) -> Result<Option<String>> {
+        self.inner.mqtt_username(device).await
+    }
+    async fn bind_device(&self, binding: &Binding) -> Result<bool> {
+        self.inner.bind_device(binding).await
+    }
+    async fn unbind_device(&self, format: &str, vendor_id: &str) -> Result<bool> {
+        self.inner.unbind_device(format, vendor_id).await
+    }
+    async fn list_bindings(&self) -> Result<Vec<Binding>> {
+        self.inner.list_bindings().await
+    }
+    async fn device_bindings(&self, device: &DeviceId) -> Result<Vec<Binding>> {
+        self.inner.device_bindings(device).await
+    }
+    async fn upsert_pending(&self, p: &PendingDevice) -> Result<()> {
+        self.inner.upsert_pending(p).await
+    }
+    async fn list_pending(&self) -> Result<Vec<PendingDevice>> {
+        self.inner.list_pending().await
+    }
+    async fn get_pending(&self, format: &str, vendor_id: &str) -> Result<Option<PendingDevice>> {
+        self.inner.get_pending(format, vendor_id).await
+    }
+    async fn delete_pending(&self, format: &str, vendor_id: &str) -> Result<bool> {
+        self.inner.delete_pending(format, vendor_id).await
+    }
+    async fn set_rejected(&self, format: &str, vendor_id: &str, rejected: bool) -> Result<()> {
+        self.inner.set_rejected(format, vendor_id, rejected).await
+    }
+    async fn list_rejected(&self) -> Result<Vec<(String, String)>> {
+        self.inner.list_rejected().await
+    }
     async fn series_id(&self, device: &DeviceId, channel: &str) -> Result<SeriesId> {
         self.inner.series_id(device, channel).await
     }

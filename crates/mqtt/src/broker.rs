@@ -101,16 +101,60 @@ impl BrokerStats {
         use std::fmt::Write as _;
         let mut out = String::new();
         for (name, kind, help, v) in [
-            ("wattline_mqtt_connections", "gauge", "Open MQTT connections.", &self.connections_open),
-            ("wattline_mqtt_connections_total", "counter", "MQTT connections accepted.", &self.connections_total),
-            ("wattline_mqtt_connects_refused_total", "counter", "CONNECTs refused (bad credentials, anonymous).", &self.connects_refused),
-            ("wattline_mqtt_publishes_received_total", "counter", "PUBLISH packets received.", &self.messages_in),
-            ("wattline_mqtt_publishes_denied_total", "counter", "PUBLISHes refused by the ACL.", &self.publishes_denied),
-            ("wattline_mqtt_subscribes_denied_total", "counter", "Subscriptions refused by the ACL.", &self.subscribes_denied),
-            ("wattline_mqtt_protocol_errors_total", "counter", "Connections closed on a protocol error.", &self.protocol_errors),
-            ("wattline_mqtt_queued_dropped_total", "counter", "Messages dropped from a full session queue.", &self.queued_dropped),
+            (
+                "wattline_mqtt_connections",
+                "gauge",
+                "Open MQTT connections.",
+                &self.connections_open,
+            ),
+            (
+                "wattline_mqtt_connections_total",
+                "counter",
+                "MQTT connections accepted.",
+                &self.connections_total,
+            ),
+            (
+                "wattline_mqtt_connects_refused_total",
+                "counter",
+                "CONNECTs refused (bad credentials, anonymous).",
+                &self.connects_refused,
+            ),
+            (
+                "wattline_mqtt_publishes_received_total",
+                "counter",
+                "PUBLISH packets received.",
+                &self.messages_in,
+            ),
+            (
+                "wattline_mqtt_publishes_denied_total",
+                "counter",
+                "PUBLISHes refused by the ACL.",
+                &self.publishes_denied,
+            ),
+            (
+                "wattline_mqtt_subscribes_denied_total",
+                "counter",
+                "Subscriptions refused by the ACL.",
+                &self.subscribes_denied,
+            ),
+            (
+                "wattline_mqtt_protocol_errors_total",
+                "counter",
+                "Connections closed on a protocol error.",
+                &self.protocol_errors,
+            ),
+            (
+                "wattline_mqtt_queued_dropped_total",
+                "counter",
+                "Messages dropped from a full session queue.",
+                &self.queued_dropped,
+            ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
         }
         out
     }
@@ -363,7 +407,10 @@ async fn run_connection<H: BrokerHooks, S>(
     let principal = match shared.hooks.authenticate(&connect).await {
         Ok(p) => p,
         Err(refusal) => {
-            shared.stats.connects_refused.fetch_add(1, Ordering::Relaxed);
+            shared
+                .stats
+                .connects_refused
+                .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 %peer,
                 client_id = %connect.client_id,
@@ -426,7 +473,8 @@ async fn run_connection<H: BrokerHooks, S>(
         }
         // A session belongs to the identity that made it: another identity (or a clean
         // start) gets a fresh one.
-        let keep = !connect.clean_start && st.persistent && st.principal.as_ref() == Some(&principal);
+        let keep =
+            !connect.clean_start && st.persistent && st.principal.as_ref() == Some(&principal);
         if !keep {
             let old: Vec<String> = st.subscriptions.drain(..).map(|(f, _)| f).collect();
             st.queue.clear();
@@ -453,8 +501,14 @@ async fn run_connection<H: BrokerHooks, S>(
     // Wake a taken-over connection so it leaves.
     session.wake.notify_waiters();
 
-    shared.stats.connections_open.fetch_add(1, Ordering::Relaxed);
-    shared.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+    shared
+        .stats
+        .connections_open
+        .fetch_add(1, Ordering::Relaxed);
+    shared
+        .stats
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%peer, %client_id, ?principal, ?version, "mqtt: connected");
     let mut conn = shared.hooks.open(&principal, &client_id);
     codec::write(
@@ -514,7 +568,9 @@ async fn run_connection<H: BrokerHooks, S>(
             shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%peer, %client_id, error = %e, "mqtt: connection closed on error");
         }
-        End::Kicked(r) => tracing::info!(%peer, %client_id, reason = ?r, "mqtt: disconnected by the server"),
+        End::Kicked(r) => {
+            tracing::info!(%peer, %client_id, reason = ?r, "mqtt: disconnected by the server")
+        }
         _ => tracing::debug!(%peer, %client_id, "mqtt: disconnected"),
     }
     // The will is published when the connection ends other than by DISCONNECT (or by a
@@ -527,7 +583,10 @@ async fn run_connection<H: BrokerHooks, S>(
         }
     }
     shared.hooks.closed(&state.principal, &client_id, graceful);
-    shared.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
+    shared
+        .stats
+        .connections_open
+        .fetch_sub(1, Ordering::Relaxed);
 
     // Leave the session: drop it unless it is persistent (and still ours).
     let mut sessions = shared.sessions.lock().unwrap();
@@ -594,7 +653,9 @@ where
         }
         let read = async {
             match keep_alive {
-                Some(limit) => tokio::time::timeout(limit, stream.read_buf(rbuf)).await.ok(),
+                Some(limit) => tokio::time::timeout(limit, stream.read_buf(rbuf))
+                    .await
+                    .ok(),
                 None => Some(stream.read_buf(rbuf).await),
             }
         };
@@ -693,13 +754,27 @@ where
                     let refusal = verdicts[i].err();
                     match p.qos {
                         0 => {}
-                        1 => codec::write(&Outbound::PubAck { pkid: p.pkid, refusal }, state.version, wbuf),
+                        1 => codec::write(
+                            &Outbound::PubAck {
+                                pkid: p.pkid,
+                                refusal,
+                            },
+                            state.version,
+                            wbuf,
+                        ),
                         _ => {
                             if refusal.is_some() {
                                 // Not stored: a resend may be taken.
                                 state.awaiting_rel.remove(&p.pkid);
                             }
-                            codec::write(&Outbound::PubRec { pkid: p.pkid, refusal }, state.version, wbuf)
+                            codec::write(
+                                &Outbound::PubRec {
+                                    pkid: p.pkid,
+                                    refusal,
+                                },
+                                state.version,
+                                wbuf,
+                            )
                         }
                     }
                 }
@@ -744,7 +819,10 @@ fn resolve_alias(state: &mut ConnState, p: &mut PublishPacket) -> Result<(), Str
         return Ok(());
     };
     if alias == 0 || alias > codec::TOPIC_ALIAS_MAX {
-        return Err(format!("topic alias {alias} is outside 1..={}", codec::TOPIC_ALIAS_MAX));
+        return Err(format!(
+            "topic alias {alias} is outside 1..={}",
+            codec::TOPIC_ALIAS_MAX
+        ));
     }
     if p.topic.is_empty() {
         p.topic = state
@@ -772,7 +850,9 @@ async fn ingest<H: BrokerHooks>(
     // The ACL first: refused messages never reach the hooks' ingest.
     let allowed: Vec<bool> = publishes
         .iter()
-        .map(|p| topic::valid_topic(&p.topic) && shared.hooks.may_publish(&state.principal, &p.topic))
+        .map(|p| {
+            topic::valid_topic(&p.topic) && shared.hooks.may_publish(&state.principal, &p.topic)
+        })
         .collect();
     let mut verdicts = if allowed.iter().all(|a| *a) {
         shared.hooks.ingest(conn, &state.principal, publishes).await
@@ -783,15 +863,24 @@ async fn ingest<H: BrokerHooks>(
             .filter(|(_, a)| **a)
             .map(|(p, _)| p.clone())
             .collect();
-        let mut taken_verdicts = shared.hooks.ingest(conn, &state.principal, &taken).await.into_iter();
+        let mut taken_verdicts = shared
+            .hooks
+            .ingest(conn, &state.principal, &taken)
+            .await
+            .into_iter();
         allowed
             .iter()
             .zip(publishes)
             .map(|(a, p)| {
                 if *a {
-                    taken_verdicts.next().unwrap_or(Err(AckRefusal::Unspecified))
+                    taken_verdicts
+                        .next()
+                        .unwrap_or(Err(AckRefusal::Unspecified))
                 } else {
-                    shared.stats.publishes_denied.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .stats
+                        .publishes_denied
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         principal = ?state.principal,
                         topic = %p.topic,
@@ -832,8 +921,14 @@ async fn publish_will<H: BrokerHooks>(
         tracing::warn!(?principal, topic = %message.topic, "mqtt: will refused by the ACL");
         return;
     }
-    let verdicts = shared.hooks.ingest(conn, principal, std::slice::from_ref(&message)).await;
-    if verdicts.first().is_some_and(|v| v.is_ok() || *v == Err(AckRefusal::PayloadInvalid)) {
+    let verdicts = shared
+        .hooks
+        .ingest(conn, principal, std::slice::from_ref(&message))
+        .await;
+    if verdicts
+        .first()
+        .is_some_and(|v| v.is_ok() || *v == Err(AckRefusal::PayloadInvalid))
+    {
         shared.route(&message);
     }
 }

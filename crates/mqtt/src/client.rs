@@ -60,7 +60,9 @@ impl BrokerUrl {
         } else if let Some(r) = url.strip_prefix("mqtts://") {
             (true, r)
         } else {
-            return Err(format!("{url:?}: the broker URL must start with mqtt:// or mqtts://"));
+            return Err(format!(
+                "{url:?}: the broker URL must start with mqtt:// or mqtts://"
+            ));
         };
         let rest = rest.trim_end_matches('/');
         let (userinfo, hostport) = match rest.rsplit_once('@') {
@@ -87,7 +89,10 @@ impl BrokerUrl {
         }
         Ok(BrokerUrl {
             tls,
-            host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
             port,
             username,
             password,
@@ -128,8 +133,16 @@ pub struct ClientConfig {
 
 /// Runs the client until `shutdown` turns true: connects (and reconnects), subscribes, and
 /// feeds what arrives to the hub.
-pub async fn run(hub: Arc<Hub>, config: ClientConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
-    let mut options = MqttOptions::new(config.client_id.clone(), config.url.host.clone(), config.url.port);
+pub async fn run(
+    hub: Arc<Hub>,
+    config: ClientConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let mut options = MqttOptions::new(
+        config.client_id.clone(),
+        config.url.host.clone(),
+        config.url.port,
+    );
     options.set_keep_alive(Duration::from_secs(30));
     options.set_manual_acks(true);
     // The broker may send this many unacknowledged QoS 1 messages: enough to fill a group
@@ -138,7 +151,10 @@ pub async fn run(hub: Arc<Hub>, config: ClientConfig, mut shutdown: watch::Recei
     options.set_max_packet_size(Some(1 << 20));
     options.set_clean_start(true);
     if let Some(user) = &config.url.username {
-        options.set_credentials(user.clone(), config.url.password.clone().unwrap_or_default());
+        options.set_credentials(
+            user.clone(),
+            config.url.password.clone().unwrap_or_default(),
+        );
     }
     if config.url.tls {
         let ca = config
@@ -178,7 +194,8 @@ pub async fn run(hub: Arc<Hub>, config: ClientConfig, mut shutdown: watch::Recei
             for (p, verdict) in batch.drain(..).zip(verdicts) {
                 // A message storage failed on is not acknowledged: the broker sends it again
                 // after a reconnect. Refused payloads are acknowledged: resending won't help.
-                if verdict != Err(crate::codec::AckRefusal::Unspecified) && p.qos != QoS::AtMostOnce {
+                if verdict != Err(crate::codec::AckRefusal::Unspecified) && p.qos != QoS::AtMostOnce
+                {
                     if let Err(e) = consumer_client.ack(&p).await {
                         tracing::warn!(error = %e, "mqtt client: could not acknowledge");
                     }

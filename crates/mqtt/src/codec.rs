@@ -169,7 +169,9 @@ fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, CodecError> {
             return Ok((buf.len() >= total).then_some(total));
         }
     }
-    Err(CodecError::Malformed("remaining length longer than 4 bytes".into()))
+    Err(CodecError::Malformed(
+        "remaining length longer than 4 bytes".into(),
+    ))
 }
 
 /// The protocol level a CONNECT frame asks for (without parsing the rest).
@@ -177,7 +179,13 @@ fn connect_level(frame: &[u8]) -> Result<u8, CodecError> {
     if frame.first().map(|b| b >> 4) != Some(1) {
         return Err(CodecError::NotConnect);
     }
-    let header = 1 + frame[1..].iter().take(4).position(|b| b & 0x80 == 0).unwrap_or(3) + 1;
+    let header = 1
+        + frame[1..]
+            .iter()
+            .take(4)
+            .position(|b| b & 0x80 == 0)
+            .unwrap_or(3)
+        + 1;
     let name_len = frame
         .get(header..header + 2)
         .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
@@ -246,7 +254,11 @@ fn from_v4(p: v4::Packet) -> Inbound {
         v4::Packet::PubComp(a) => Inbound::PubComp(a.pkid),
         v4::Packet::Subscribe(s) => Inbound::Subscribe {
             pkid: s.pkid,
-            filters: s.filters.into_iter().map(|f| (f.path, f.qos as u8)).collect(),
+            filters: s
+                .filters
+                .into_iter()
+                .map(|f| (f.path, f.qos as u8))
+                .collect(),
         },
         v4::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
             pkid: u.pkid,
@@ -298,7 +310,11 @@ fn from_v5(p: v5::Packet) -> Inbound {
         v5::Packet::PubComp(a) => Inbound::PubComp(a.pkid),
         v5::Packet::Subscribe(s) => Inbound::Subscribe {
             pkid: s.pkid,
-            filters: s.filters.into_iter().map(|f| (f.path, f.qos as u8)).collect(),
+            filters: s
+                .filters
+                .into_iter()
+                .map(|f| (f.path, f.qos as u8))
+                .collect(),
         },
         v5::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
             pkid: u.pkid,
@@ -338,8 +354,14 @@ pub fn write(packet: &Outbound, version: Version, out: &mut BytesMut) {
     // Outbound packets are built here from validated parts, and the only size limit that can
     // be exceeded is the client's: ours is `usize::MAX` so encoding never fails.
     let result = match version {
-        Version::V311 => to_v4(packet).map(|p| p.write(out, usize::MAX).map(drop).map_err(|e| e.to_string())),
-        Version::V5 => to_v5(packet).map(|p| p.write(out, None).map(drop).map_err(|e| e.to_string())),
+        Version::V311 => to_v4(packet).map(|p| {
+            p.write(out, usize::MAX)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }),
+        Version::V5 => {
+            to_v5(packet).map(|p| p.write(out, None).map(drop).map_err(|e| e.to_string()))
+        }
     };
     if let Some(Err(e)) = result {
         tracing::error!(error = %e, ?packet, "could not encode an MQTT packet");
@@ -369,7 +391,8 @@ fn to_v4(packet: &Outbound) -> Option<v4::Packet> {
         Outbound::PubRel(pkid) => v4::Packet::PubRel(v4::PubRel::new(*pkid)),
         Outbound::PubComp(pkid) => v4::Packet::PubComp(v4::PubComp::new(*pkid)),
         Outbound::Publish(p) => {
-            let mut publish = v4::Publish::from_bytes(p.topic.clone(), qos4(p.qos), p.payload.clone());
+            let mut publish =
+                v4::Publish::from_bytes(p.topic.clone(), qos4(p.qos), p.payload.clone());
             publish.pkid = p.pkid;
             publish.retain = p.retain;
             publish.dup = p.dup;
@@ -523,7 +546,9 @@ mod tests {
                     username: user.into(),
                     password: pass.into(),
                 };
-                v5::Packet::Connect(c, None, Some(login)).write(&mut out, None).unwrap();
+                v5::Packet::Connect(c, None, Some(login))
+                    .write(&mut out, None)
+                    .unwrap();
             }
         }
         out
@@ -549,18 +574,27 @@ mod tests {
         let full = connect_bytes(Version::V311, "user", "secret");
         for cut in 0..full.len() {
             let mut buf = BytesMut::from(&full[..cut]);
-            assert!(read(&mut buf, None, 1 << 20).unwrap().is_none(), "cut {cut}");
+            assert!(
+                read(&mut buf, None, 1 << 20).unwrap().is_none(),
+                "cut {cut}"
+            );
         }
     }
 
     #[test]
     fn refuses_garbage_oversize_and_other_first_packets() {
         let mut buf = BytesMut::from(&b"\x30\x05\x00\x01a"[..]);
-        assert!(matches!(read(&mut buf, None, 1 << 20), Err(CodecError::NotConnect)));
+        assert!(matches!(
+            read(&mut buf, None, 1 << 20),
+            Err(CodecError::NotConnect)
+        ));
         let mut buf = BytesMut::from(&b"\x10\xff\xff\xff\xff\x01"[..]);
         assert!(read(&mut buf, None, 1 << 20).is_err());
         let mut big = connect_bytes(Version::V311, "user", &"x".repeat(500));
-        assert!(matches!(read(&mut big, None, 100), Err(CodecError::TooLarge { .. })));
+        assert!(matches!(
+            read(&mut big, None, 100),
+            Err(CodecError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -577,7 +611,10 @@ mod tests {
             };
             let mut out = BytesMut::new();
             write(&Outbound::Publish(p.clone()), version, &mut out);
-            assert_eq!(read(&mut out, Some(version), 1 << 20).unwrap(), Some(Inbound::Publish(p)));
+            assert_eq!(
+                read(&mut out, Some(version), 1 << 20).unwrap(),
+                Some(Inbound::Publish(p))
+            );
         }
     }
 }

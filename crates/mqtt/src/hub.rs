@@ -66,6 +66,9 @@ pub struct HubStats {
     pub qos0_messages: AtomicU64,
 }
 
+/// Closes a principal's broker connections; returns how many.
+pub type Kicker = Box<dyn Fn(&Principal) -> usize + Send + Sync>;
+
 pub struct Hub {
     engine: Engine,
     admin_token_hash: String,
@@ -81,7 +84,7 @@ pub struct Hub {
     rejected_codes: Mutex<HashMap<&'static str, u64>>,
     pub stats: HubStats,
     /// Disconnects a principal's connections on the built-in broker, when there is one.
-    kicker: OnceLock<Box<dyn Fn(&Principal) -> usize + Send + Sync>>,
+    kicker: OnceLock<Kicker>,
 }
 
 /// Per-connection state: the adapters' memory (Shelly statuses, ESP32 cycles).
@@ -102,7 +105,12 @@ impl Hub {
             .list_bindings()
             .await?
             .into_iter()
-            .filter_map(|b| Some((TopicIdentity::new(Format::parse(&b.format)?, b.vendor_id), b.device)))
+            .filter_map(|b| {
+                Some((
+                    TopicIdentity::new(Format::parse(&b.format)?, b.vendor_id),
+                    b.device,
+                ))
+            })
             .collect();
         let rejected = store
             .list_rejected()
@@ -129,7 +137,7 @@ impl Hub {
         &self.engine
     }
 
-    pub fn set_kicker(&self, kick: Box<dyn Fn(&Principal) -> usize + Send + Sync>) {
+    pub fn set_kicker(&self, kick: Kicker) {
         let _ = self.kicker.set(kick);
     }
 
@@ -193,11 +201,22 @@ impl Hub {
         match map.get_mut(device) {
             Some(m) if m.online == online => {}
             Some(m) => {
-                *m = AvailabilityMark { online, source, since: now };
+                *m = AvailabilityMark {
+                    online,
+                    source,
+                    since: now,
+                };
                 tracing::info!(device = %device, online, source, "device availability changed");
             }
             None => {
-                map.insert(device.clone(), AvailabilityMark { online, source, since: now });
+                map.insert(
+                    device.clone(),
+                    AvailabilityMark {
+                        online,
+                        source,
+                        since: now,
+                    },
+                );
             }
         }
     }
@@ -285,7 +304,13 @@ impl Hub {
 
     /// Writes the pending identities seen since the last call to storage.
     pub async fn flush_pending(&self) -> Result<(), wattline_storage::StoreError> {
-        let batch: Vec<PendingDevice> = self.pending.lock().unwrap().drain().map(|(_, p)| p).collect();
+        let batch: Vec<PendingDevice> = self
+            .pending
+            .lock()
+            .unwrap()
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
         for p in &batch {
             self.engine.store().upsert_pending(p).await?;
         }
@@ -332,7 +357,9 @@ impl Hub {
             ConnectRefusal::ServerUnavailable
         };
         if let Some(username) = username {
-            if let Some((device, stored)) = store.mqtt_credential(username).await.map_err(unavailable)? {
+            if let Some((device, stored)) =
+                store.mqtt_credential(username).await.map_err(unavailable)?
+            {
                 if bool::from(hash.as_bytes().ct_eq(stored.as_bytes())) {
                     return Ok(Principal::Device(device));
                 }
@@ -391,7 +418,9 @@ impl Hub {
         let mut verdicts: Vec<Result<(), AckRefusal>> = vec![Ok(()); messages.len()];
         let mut carries_readings = vec![false; messages.len()];
         let mut readings: Vec<Reading> = Vec::new();
-        self.stats.messages.fetch_add(messages.len() as u64, Relaxed);
+        self.stats
+            .messages
+            .fetch_add(messages.len() as u64, Relaxed);
         for (i, m) in messages.iter().enumerate() {
             if m.qos == 0 {
                 self.stats.qos0_messages.fetch_add(1, Relaxed);
@@ -409,7 +438,11 @@ impl Hub {
                                 Some(_) => self.forbidden(who, &m.topic, &r.device),
                                 None => self.reject(
                                     "unknown_device",
-                                    &format!("{}: device {:?} is not registered", m.topic, r.device.as_str()),
+                                    &format!(
+                                        "{}: device {:?} is not registered",
+                                        m.topic,
+                                        r.device.as_str()
+                                    ),
                                 ),
                             }
                         }
@@ -517,23 +550,62 @@ impl Hub {
         let mut out = String::new();
         let s = &self.stats;
         for (name, help, v) in [
-            ("wattline_mqtt_messages_total", "MQTT messages taken for decoding.", &s.messages),
-            ("wattline_mqtt_qos0_messages_total", "MQTT messages taken at QoS 0 (best effort).", &s.qos0_messages),
-            ("wattline_mqtt_readings_total", "Readings stored from MQTT messages.", &s.readings),
-            ("wattline_mqtt_rejected_total", "MQTT messages (or batch items) refused by an adapter.", &s.rejected_payloads),
-            ("wattline_mqtt_pending_messages_total", "Messages from identities no device is bound to.", &s.pending_messages),
-            ("wattline_mqtt_rejected_identity_messages_total", "Messages from identities an admin rejected.", &s.rejected_identity_messages),
-            ("wattline_mqtt_forbidden_total", "Readings for a device the publisher may not write.", &s.forbidden_devices),
-            ("wattline_mqtt_storage_failures_total", "Batches of MQTT readings storage refused.", &s.storage_failures),
+            (
+                "wattline_mqtt_messages_total",
+                "MQTT messages taken for decoding.",
+                &s.messages,
+            ),
+            (
+                "wattline_mqtt_qos0_messages_total",
+                "MQTT messages taken at QoS 0 (best effort).",
+                &s.qos0_messages,
+            ),
+            (
+                "wattline_mqtt_readings_total",
+                "Readings stored from MQTT messages.",
+                &s.readings,
+            ),
+            (
+                "wattline_mqtt_rejected_total",
+                "MQTT messages (or batch items) refused by an adapter.",
+                &s.rejected_payloads,
+            ),
+            (
+                "wattline_mqtt_pending_messages_total",
+                "Messages from identities no device is bound to.",
+                &s.pending_messages,
+            ),
+            (
+                "wattline_mqtt_rejected_identity_messages_total",
+                "Messages from identities an admin rejected.",
+                &s.rejected_identity_messages,
+            ),
+            (
+                "wattline_mqtt_forbidden_total",
+                "Readings for a device the publisher may not write.",
+                &s.forbidden_devices,
+            ),
+            (
+                "wattline_mqtt_storage_failures_total",
+                "Batches of MQTT readings storage refused.",
+                &s.storage_failures,
+            ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
         }
         let codes = self.rejected_codes.lock().unwrap();
         let mut codes: Vec<_> = codes.iter().collect();
         codes.sort();
         let _ = writeln!(out, "# HELP wattline_mqtt_rejected_by_code_total MQTT refusals by reason.\n# TYPE wattline_mqtt_rejected_by_code_total counter");
         for (code, n) in codes {
-            let _ = writeln!(out, "wattline_mqtt_rejected_by_code_total{{code=\"{code}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "wattline_mqtt_rejected_by_code_total{{code=\"{code}\"}} {n}"
+            );
         }
         out
     }
@@ -598,5 +670,8 @@ impl BrokerHooks for BrokerSide {
 
 /// A binding as the API shows it.
 pub fn binding_identity(b: &Binding) -> Option<TopicIdentity> {
-    Some(TopicIdentity::new(Format::parse(&b.format)?, b.vendor_id.clone()))
+    Some(TopicIdentity::new(
+        Format::parse(&b.format)?,
+        b.vendor_id.clone(),
+    ))
 }

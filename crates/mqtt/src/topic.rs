@@ -116,8 +116,14 @@ mod tests {
         assert_eq!(index.len(), 4);
         let mut got = index.matches("cmnd/plug1/POWER");
         got.sort();
-        assert_eq!(got, vec![("admin".to_string(), 1), ("plug1".to_string(), 1)]);
-        assert_eq!(index.matches("tele/plug1/SENSOR"), vec![("admin".to_string(), 0)]);
+        assert_eq!(
+            got,
+            vec![("admin".to_string(), 1), ("plug1".to_string(), 1)]
+        );
+        assert_eq!(
+            index.matches("tele/plug1/SENSOR"),
+            vec![("admin".to_string(), 0)]
+        );
         assert!(index.matches("$SYS/x").is_empty());
         index.remove("#", "admin");
         index.remove("cmnd/+/POWER", "admin");

@@ -202,7 +202,8 @@ impl Config {
             }
         }
         if let Some(url) = &self.mqtt_broker {
-            wattline_mqtt::client::BrokerUrl::parse(url).map_err(|e| anyhow::anyhow!("mqtt_broker: {e}"))?;
+            wattline_mqtt::client::BrokerUrl::parse(url)
+                .map_err(|e| anyhow::anyhow!("mqtt_broker: {e}"))?;
         }
         if self.mqtt_group.is_empty() || self.mqtt_group.contains(['/', '+', '#']) {
             bail!("mqtt_group must be a non-empty topic level without / + #");
@@ -249,6 +250,12 @@ impl Config {
             day_days: days(self.retention_day_days),
         }
     }
+}
+
+fn parse_addr(option: &str, value: &str) -> anyhow::Result<SocketAddr> {
+    value
+        .parse()
+        .with_context(|| format!("{option} address {value:?} is not host:port (e.g. 0.0.0.0:1883)"))
 }
 
 #[cfg(test)]
@@ -347,10 +354,4 @@ mod tests {
         .unwrap_err();
         assert!(format!("{err:#}").contains("Mars/Olympus"));
     }
-}
-
-fn parse_addr(option: &str, value: &str) -> anyhow::Result<SocketAddr> {
-    value
-        .parse()
-        .with_context(|| format!("{option} address {value:?} is not host:port (e.g. 0.0.0.0:1883)"))
 }

@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use wattline_mqtt::{Broker, BrokerConfig, BrokerSide, Hub};
 use wattline_domain::{Site, SiteId, TsMs};
 use wattline_ingest::{Engine, EngineConfig};
+use wattline_mqtt::{Broker, BrokerConfig, BrokerSide, Hub};
 use wattline_storage::{DynStore, StoreError};
 use wattline_web::{auth, AppState};
 
@@ -132,6 +132,11 @@ async fn shutdown_signal() {
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Every MQTT device holds a connection: raise the open-file limit to what the system allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
     let addr = config.http_addr()?;
     // Bind first: a taken port should fail before anything else is touched.
     let listener = TcpListener::bind(addr).await.with_context(|| {
@@ -147,8 +152,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         (None, Some(addr)) => {
             let addr: std::net::SocketAddr = addr.parse()?;
             let acceptor = wattline_mqtt::tls::acceptor(
-                config.mqtt_tls_cert.as_deref().context("mqtts needs mqtt_tls_cert")?,
-                config.mqtt_tls_key.as_deref().context("mqtts needs mqtt_tls_key")?,
+                config
+                    .mqtt_tls_cert
+                    .as_deref()
+                    .context("mqtts needs mqtt_tls_cert")?,
+                config
+                    .mqtt_tls_key
+                    .as_deref()
+                    .context("mqtts needs mqtt_tls_key")?,
             )?;
             let listener = TcpListener::bind(addr).await.with_context(|| {
                 format!("cannot listen for MQTT over TLS on {addr} (port {} in use?); choose another with --mqtts ADDR", addr.port())
@@ -183,7 +194,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut mqtt_tasks = Vec::new();
-    mqtt_tasks.push(tokio::spawn(hub.clone().run_pending_flusher(Duration::from_secs(2), stop_rx.clone())));
+    mqtt_tasks.push(tokio::spawn(
+        hub.clone()
+            .run_pending_flusher(Duration::from_secs(2), stop_rx.clone()),
+    ));
     let broker = match &config.mqtt_broker {
         Some(url) => {
             let client_config = wattline_mqtt::client::ClientConfig {
@@ -191,7 +205,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 group: config.mqtt_group.clone(),
                 client_id: format!("wattline-{:08x}", rand_u32()),
                 ca_pem: match &config.mqtt_broker_ca {
-                    Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+                    Some(p) => {
+                        Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
+                    }
                     None => None,
                 },
             };
@@ -229,7 +245,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                         async move {
                             tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
                                 .await
-                                .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")))
+                                .unwrap_or_else(|_| {
+                                    Err(std::io::Error::new(
+                                        std::io::ErrorKind::TimedOut,
+                                        "TLS handshake timed out",
+                                    ))
+                                })
                         }
                     })
                     .await;
@@ -265,6 +286,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
     h.finish() as u32
 }

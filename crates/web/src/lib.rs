@@ -124,17 +124,14 @@ async fn healthz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        {
-            let mut text = state.engine.metrics().render();
-            text.push_str(&state.hub.render_metrics());
-            if let Some(broker) = &state.broker_metrics {
-                text.push_str(&broker());
-            }
-            text
-        },
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], {
+        let mut text = state.engine.metrics().render();
+        text.push_str(&state.hub.render_metrics());
+        if let Some(broker) = &state.broker_metrics {
+            text.push_str(&broker());
+        }
+        text
+    })
         .into_response()
 }
 

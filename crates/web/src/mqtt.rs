@@ -74,7 +74,11 @@ pub async fn issue_credential(state: &AppState, device: &DeviceId) -> ApiResult<
 }
 
 /// Binds a vendor identity to a device, in storage and in the live directory.
-pub async fn bind(state: &AppState, identity: &TopicIdentity, device: &DeviceId) -> ApiResult<Binding> {
+pub async fn bind(
+    state: &AppState,
+    identity: &TopicIdentity,
+    device: &DeviceId,
+) -> ApiResult<Binding> {
     let binding = Binding {
         format: identity.format.as_str().to_owned(),
         vendor_id: identity.id.clone(),
@@ -95,8 +99,12 @@ pub async fn bind(state: &AppState, identity: &TopicIdentity, device: &DeviceId)
     }
     state.hub.put_binding(identity.clone(), device.clone());
     let store = state.engine.store();
-    store.delete_pending(identity.format.as_str(), &identity.id).await?;
-    store.set_rejected(identity.format.as_str(), &identity.id, false).await?;
+    store
+        .delete_pending(identity.format.as_str(), &identity.id)
+        .await?;
+    store
+        .set_rejected(identity.format.as_str(), &identity.id, false)
+        .await?;
     tracing::info!(identity = %identity, device = %device, "topic identity bound");
     Ok(binding)
 }
@@ -124,7 +132,9 @@ pub async fn revoke_credential(
     require_admin(&state, &headers).await?;
     let id = parse_device_id(&id)?;
     if !state.engine.store().delete_mqtt_credential(&id).await? {
-        return Err(ApiError::not_found(format!("MQTT credential of device {id}")));
+        return Err(ApiError::not_found(format!(
+            "MQTT credential of device {id}"
+        )));
     }
     let closed = state.hub.disconnect_device(&id);
     tracing::info!(device = %id, connections_closed = closed, "MQTT credential revoked");
@@ -139,7 +149,9 @@ pub async fn list_bindings(
     require_admin(&state, &headers).await?;
     let id = parse_device_id(&id)?;
     let list = state.engine.store().device_bindings(&id).await?;
-    Ok(Json(json!({"bindings": list.iter().map(binding_json).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"bindings": list.iter().map(binding_json).collect::<Vec<_>>()}),
+    ))
 }
 
 pub async fn add_binding(
@@ -162,12 +174,25 @@ pub async fn delete_binding(
 ) -> ApiResult<StatusCode> {
     require_admin(&state, &headers).await?;
     let id = parse_device_id(&id)?;
-    let identity = BindingBody { format, id: vendor_id }.identity()?;
-    let bound = state.engine.store().device_bindings(&id).await?;
-    if !bound.iter().any(|b| b.format == identity.format.as_str() && b.vendor_id == identity.id) {
-        return Err(ApiError::not_found(format!("binding {identity} of device {id}")));
+    let identity = BindingBody {
+        format,
+        id: vendor_id,
     }
-    state.engine.store().unbind_device(identity.format.as_str(), &identity.id).await?;
+    .identity()?;
+    let bound = state.engine.store().device_bindings(&id).await?;
+    if !bound
+        .iter()
+        .any(|b| b.format == identity.format.as_str() && b.vendor_id == identity.id)
+    {
+        return Err(ApiError::not_found(format!(
+            "binding {identity} of device {id}"
+        )));
+    }
+    state
+        .engine
+        .store()
+        .unbind_device(identity.format.as_str(), &identity.id)
+        .await?;
     state.hub.remove_binding(&identity);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -181,12 +206,17 @@ fn pending_json(p: &PendingDevice) -> Value {
 }
 
 /// `GET /api/v1/pending-devices`: identities seen on MQTT that no device is bound to.
-pub async fn list_pending(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+pub async fn list_pending(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
     require_admin(&state, &headers).await?;
     // What arrived in the last seconds is listed too, not only what the flusher stored.
     state.hub.flush_pending().await?;
     let list = state.engine.store().list_pending().await?;
-    Ok(Json(json!({"pending": list.iter().map(pending_json).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"pending": list.iter().map(pending_json).collect::<Vec<_>>()}),
+    ))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -208,32 +238,64 @@ pub async fn accept_pending(
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     require_admin(&state, &headers).await?;
-    let identity = BindingBody { format, id: vendor_id }.identity()?;
-    let accept: AcceptBody = if body.is_empty() { AcceptBody::default() } else { parse_body(&body)? };
+    let identity = BindingBody {
+        format,
+        id: vendor_id,
+    }
+    .identity()?;
+    let accept: AcceptBody = if body.is_empty() {
+        AcceptBody::default()
+    } else {
+        parse_body(&body)?
+    };
     let store = state.engine.store();
-    if store.get_pending(identity.format.as_str(), &identity.id).await?.is_none() {
+    if store
+        .get_pending(identity.format.as_str(), &identity.id)
+        .await?
+        .is_none()
+    {
         state.hub.flush_pending().await?;
-        if store.get_pending(identity.format.as_str(), &identity.id).await?.is_none() {
+        if store
+            .get_pending(identity.format.as_str(), &identity.id)
+            .await?
+            .is_none()
+        {
             return Err(ApiError::not_found(format!("pending device {identity}")));
         }
     }
     let default_id: String = format!("{}-{}", identity.format, identity.id)
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':') {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(DeviceId::MAX_LEN)
         .collect();
     let id = parse_device_id(accept.device.as_deref().unwrap_or(&default_id))?;
-    let site = crate::admin::existing_site(&state, accept.site.as_deref().unwrap_or(&state.default_site)).await?;
+    let site = crate::admin::existing_site(
+        &state,
+        accept.site.as_deref().unwrap_or(&state.default_site),
+    )
+    .await?;
     let device = Device {
         id,
-        name: accept.name.unwrap_or_else(|| format!("{} {}", identity.format, identity.id)),
+        name: accept
+            .name
+            .unwrap_or_else(|| format!("{} {}", identity.format, identity.id)),
         site,
         kind: accept.kind.unwrap_or_else(|| match identity.format {
             Format::Clemap => "three_phase".into(),
             Format::Tasmota | Format::Shelly => "plug".into(),
             _ => "meter".into(),
         }),
-        labels: [("mqtt_format".to_owned(), identity.format.as_str().to_owned())].into(),
+        labels: [(
+            "mqtt_format".to_owned(),
+            identity.format.as_str().to_owned(),
+        )]
+        .into(),
         created_at: TsMs::now(),
     };
     let mut body = crate::admin::create_device_record(&state, &device).await?;
@@ -251,11 +313,19 @@ pub async fn reject_pending(
     Path((format, vendor_id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     require_admin(&state, &headers).await?;
-    let identity = BindingBody { format, id: vendor_id }.identity()?;
+    let identity = BindingBody {
+        format,
+        id: vendor_id,
+    }
+    .identity()?;
     let store = state.engine.store();
-    store.set_rejected(identity.format.as_str(), &identity.id, true).await?;
+    store
+        .set_rejected(identity.format.as_str(), &identity.id, true)
+        .await?;
     state.hub.set_rejected(identity.clone(), true);
-    store.delete_pending(identity.format.as_str(), &identity.id).await?;
+    store
+        .delete_pending(identity.format.as_str(), &identity.id)
+        .await?;
     tracing::info!(identity = %identity, "pending device rejected");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -17,7 +17,8 @@
 //!
 //! The sketch publishes the three values of a cycle as separate QoS 0 messages every 5 s, so
 //! [`Esp32State`] merges them into one reading on channel `main`, stamped with the receive time
-//! of the cycle's first message (the device has no clock). A cycle is emitted:
+//! of the cycle's first value (the device has no clock; `temps` carries no value and could as
+//! well close the previous cycle as open the next). A cycle is emitted:
 //! * when it has energy, current and voltage;
 //! * when a value arrives that the pending cycle already has: the pending cycle is emitted as
 //!   it is and the value starts the next one, so a lost message costs only that value;

@@ -94,16 +94,36 @@ fn anonymous_and_wrong_credentials_are_refused() {
     let mqtt = s.mqtt.clone().expect("broker address");
     let (user, _) = device_with_mqtt(&s, "m1", None);
     for version in ["mqttv311", "mqttv5"] {
-        let anon = mosquitto_pub(&mqtt, &["-V", version, "-t", "wattline/m1/readings", "-m", "{}"]);
+        let anon = mosquitto_pub(
+            &mqtt,
+            &["-V", version, "-t", "wattline/m1/readings", "-m", "{}"],
+        );
         assert!(!anon.status.success(), "{}", text(&anon));
-        assert!(text(&anon).to_lowercase().contains("not authori"), "{}", text(&anon));
+        assert!(
+            text(&anon).to_lowercase().contains("not authori"),
+            "{}",
+            text(&anon)
+        );
         let wrong = mosquitto_pub(
             &mqtt,
-            &["-V", version, "-u", &user, "-P", "wrong", "-t", "wattline/m1/readings", "-m", "{}"],
+            &[
+                "-V",
+                version,
+                "-u",
+                &user,
+                "-P",
+                "wrong",
+                "-t",
+                "wattline/m1/readings",
+                "-m",
+                "{}",
+            ],
         );
         assert!(!wrong.status.success(), "{}", text(&wrong));
         assert!(
-            text(&wrong).to_lowercase().contains("bad user name or password"),
+            text(&wrong)
+                .to_lowercase()
+                .contains("bad user name or password"),
             "{}",
             text(&wrong)
         );
@@ -123,7 +143,20 @@ fn qos1_reading_survives_kill_9_right_after_puback() {
                              {"ts": ts + 1000, "power": 515.0, "channel": "L2"}]);
         let out = mosquitto_pub(
             &mqtt,
-            &["-V", version, "-q", "1", "-u", &user, "-P", &pass, "-t", "wattline/m1/readings", "-m", &payload.to_string()],
+            &[
+                "-V",
+                version,
+                "-q",
+                "1",
+                "-u",
+                &user,
+                "-P",
+                &pass,
+                "-t",
+                "wattline/m1/readings",
+                "-m",
+                &payload.to_string(),
+            ],
         );
         assert!(out.status.success(), "{}", text(&out));
     }
@@ -152,21 +185,68 @@ fn acl_binds_identity_to_topics() {
     // MQTT 5: the PUBACK says "not authorized".
     let v5 = mosquitto_pub(
         &mqtt,
-        &["-V", "mqttv5", "-q", "1", "-u", &user_a, "-P", &pass_a, "-t", "wattline/b/readings", "-m", &payload],
+        &[
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-u",
+            &user_a,
+            "-P",
+            &pass_a,
+            "-t",
+            "wattline/b/readings",
+            "-m",
+            &payload,
+        ],
     );
-    assert!(text(&v5).to_lowercase().contains("not authori"), "{}", text(&v5));
+    assert!(
+        text(&v5).to_lowercase().contains("not authori"),
+        "{}",
+        text(&v5)
+    );
     // 3.1.1 cannot say no in a PUBACK: acknowledged, not stored, logged and counted.
     let v311 = mosquitto_pub(
         &mqtt,
-        &["-V", "mqttv311", "-q", "1", "-u", &user_a, "-P", &pass_a, "-t", "wattline/b/readings", "-m", &payload],
+        &[
+            "-V",
+            "mqttv311",
+            "-q",
+            "1",
+            "-u",
+            &user_a,
+            "-P",
+            &pass_a,
+            "-t",
+            "wattline/b/readings",
+            "-m",
+            &payload,
+        ],
     );
     assert!(v311.status.success(), "{}", text(&v311));
     // Another device's vendor topic is refused too.
     let vendor = mosquitto_pub(
         &mqtt,
-        &["-V", "mqttv5", "-q", "1", "-u", &user_a, "-P", &pass_a, "-t", "tele/plugb/SENSOR", "-m", &fixture("tasmota/sensor_single.json")],
+        &[
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-u",
+            &user_a,
+            "-P",
+            &pass_a,
+            "-t",
+            "tele/plugb/SENSOR",
+            "-m",
+            &fixture("tasmota/sensor_single.json"),
+        ],
     );
-    assert!(text(&vendor).to_lowercase().contains("not authori"), "{}", text(&vendor));
+    assert!(
+        text(&vendor).to_lowercase().contains("not authori"),
+        "{}",
+        text(&vendor)
+    );
     assert_eq!(metric(&s, "wattline_mqtt_publishes_denied_total"), 3);
     assert!(s.log().contains("publish refused by the ACL"));
     let rows = s.export_rows("b", ms("2026-11-20T09:00:00Z"), ms("2026-11-20T11:00:00Z"));
@@ -180,7 +260,10 @@ fn acl_binds_identity_to_topics() {
         ("#", false),
     ] {
         let sub = Command::new("mosquitto_sub")
-            .args(["-h", &host, "-p", &port, "-V", "mqttv5", "-u", &user_a, "-P", &pass_a, "-t", filter, "-W", "2", "-v"])
+            .args([
+                "-h", &host, "-p", &port, "-V", "mqttv5", "-u", &user_a, "-P", &pass_a, "-t",
+                filter, "-W", "2", "-v",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -195,10 +278,25 @@ fn acl_binds_identity_to_topics() {
 fn tasmota_binding_pending_accept_and_lwt() {
     let s = TestServer::start();
     let mqtt = s.mqtt.clone().expect("broker address");
-    let (user, pass) = device_with_mqtt(&s, "plug-1", Some(json!({"format": "tasmota", "id": "plug1"})));
+    let (user, pass) = device_with_mqtt(
+        &s,
+        "plug-1",
+        Some(json!({"format": "tasmota", "id": "plug1"})),
+    );
     let out = mosquitto_pub(
         &mqtt,
-        &["-q", "1", "-u", &user, "-P", &pass, "-t", "tele/plug1/SENSOR", "-m", &fixture("tasmota/sensor_single.json")],
+        &[
+            "-q",
+            "1",
+            "-u",
+            &user,
+            "-P",
+            &pass,
+            "-t",
+            "tele/plug1/SENSOR",
+            "-m",
+            &fixture("tasmota/sensor_single.json"),
+        ],
     );
     assert!(out.status.success(), "{}", text(&out));
     let latest = s.get("/api/v1/devices/plug-1", Some(ADMIN)).json();
@@ -206,13 +304,30 @@ fn tasmota_binding_pending_accept_and_lwt() {
     assert_eq!(latest["latest"]["main"]["power"], json!(5.0), "{latest}");
 
     // A plug nobody registered, publishing with the site's credential, becomes pending.
-    let token = s.post_json("/api/v1/sites/default/tokens", Some(ADMIN), &json!({"name": "plugs"})).json()["token"]
+    let token = s
+        .post_json(
+            "/api/v1/sites/default/tokens",
+            Some(ADMIN),
+            &json!({"name": "plugs"}),
+        )
+        .json()["token"]
         .as_str()
         .expect("site token")
         .to_owned();
     let out = mosquitto_pub(
         &mqtt,
-        &["-q", "1", "-u", "any", "-P", &token, "-t", "tele/plug9/SENSOR", "-m", &fixture("tasmota/sensor_two_channels.json")],
+        &[
+            "-q",
+            "1",
+            "-u",
+            "any",
+            "-P",
+            &token,
+            "-t",
+            "tele/plug9/SENSOR",
+            "-m",
+            &fixture("tasmota/sensor_two_channels.json"),
+        ],
     );
     assert!(out.status.success(), "{}", text(&out));
     let pending = s.get("/api/v1/pending-devices", Some(ADMIN)).json();
@@ -221,34 +336,121 @@ fn tasmota_binding_pending_accept_and_lwt() {
     assert_eq!(list[0]["format"], "tasmota");
     assert_eq!(list[0]["id"], "plug9");
     assert_eq!(list[0]["last_topic"], "tele/plug9/SENSOR");
-    assert_eq!(s.get("/api/v1/devices", Some(ADMIN)).json().as_array().unwrap().len(), 1, "nothing stored");
+    assert_eq!(
+        s.get("/api/v1/devices", Some(ADMIN))
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "nothing stored"
+    );
 
     // One click: the device exists, is bound, and its next message is stored.
-    let r = s.post_raw("/api/v1/pending-devices/tasmota/plug9/accept", Some(ADMIN), "");
+    let r = s.post_raw(
+        "/api/v1/pending-devices/tasmota/plug9/accept",
+        Some(ADMIN),
+        "",
+    );
     assert_eq!(r.status, 201, "{}", r.body);
     let created = r.json();
     assert_eq!(created["id"], "tasmota-plug9");
     assert!(created["mqtt"]["password"].is_string());
-    assert!(s.get("/api/v1/pending-devices", Some(ADMIN)).json()["pending"].as_array().unwrap().is_empty());
+    assert!(
+        s.get("/api/v1/pending-devices", Some(ADMIN)).json()["pending"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     let out = mosquitto_pub(
         &mqtt,
-        &["-q", "1", "-u", "any", "-P", &token, "-t", "tele/plug9/SENSOR", "-m", &fixture("tasmota/sensor_two_channels.json")],
+        &[
+            "-q",
+            "1",
+            "-u",
+            "any",
+            "-P",
+            &token,
+            "-t",
+            "tele/plug9/SENSOR",
+            "-m",
+            &fixture("tasmota/sensor_two_channels.json"),
+        ],
     );
     assert!(out.status.success(), "{}", text(&out));
     let dev = s.get("/api/v1/devices/tasmota-plug9", Some(ADMIN)).json();
     assert_eq!(dev["latest"]["main"]["energy"], json!(12.412), "{dev}");
 
     // Rejected identities are dropped and not listed again.
-    let out = mosquitto_pub(&mqtt, &["-q", "1", "-u", "any", "-P", &token, "-t", "tele/intruder/SENSOR", "-m", &fixture("tasmota/sensor_single.json")]);
+    let out = mosquitto_pub(
+        &mqtt,
+        &[
+            "-q",
+            "1",
+            "-u",
+            "any",
+            "-P",
+            &token,
+            "-t",
+            "tele/intruder/SENSOR",
+            "-m",
+            &fixture("tasmota/sensor_single.json"),
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(s.post_raw("/api/v1/pending-devices/tasmota/intruder/reject", Some(ADMIN), "").status, 204);
-    let out = mosquitto_pub(&mqtt, &["-q", "1", "-u", "any", "-P", &token, "-t", "tele/intruder/SENSOR", "-m", &fixture("tasmota/sensor_single.json")]);
+    assert_eq!(
+        s.post_raw(
+            "/api/v1/pending-devices/tasmota/intruder/reject",
+            Some(ADMIN),
+            ""
+        )
+        .status,
+        204
+    );
+    let out = mosquitto_pub(
+        &mqtt,
+        &[
+            "-q",
+            "1",
+            "-u",
+            "any",
+            "-P",
+            &token,
+            "-t",
+            "tele/intruder/SENSOR",
+            "-m",
+            &fixture("tasmota/sensor_single.json"),
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out));
-    assert!(s.get("/api/v1/pending-devices", Some(ADMIN)).json()["pending"].as_array().unwrap().is_empty());
-    assert_eq!(metric(&s, "wattline_mqtt_rejected_identity_messages_total"), 1);
+    assert!(
+        s.get("/api/v1/pending-devices", Some(ADMIN)).json()["pending"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        metric(&s, "wattline_mqtt_rejected_identity_messages_total"),
+        1
+    );
 
     // LWT: offline, then online.
-    let out = mosquitto_pub(&mqtt, &["-q", "1", "-r", "-u", &user, "-P", &pass, "-t", "tele/plug1/LWT", "-m", "Offline"]);
+    let out = mosquitto_pub(
+        &mqtt,
+        &[
+            "-q",
+            "1",
+            "-r",
+            "-u",
+            &user,
+            "-P",
+            &pass,
+            "-t",
+            "tele/plug1/LWT",
+            "-m",
+            "Offline",
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let a = &s.get("/api/v1/devices/plug-1", Some(ADMIN)).json()["availability"];
     assert_eq!(a["online"], false, "{a}");
@@ -259,14 +461,59 @@ fn tasmota_binding_pending_accept_and_lwt() {
 fn malformed_payloads_are_refused_named_and_counted_and_good_data_still_flows() {
     let s = TestServer::start();
     let mqtt = s.mqtt.clone().expect("broker address");
-    let (user, pass) = device_with_mqtt(&s, "plug-1", Some(json!({"format": "tasmota", "id": "plug1"})));
-    for bad in ["{\"ENERGY\":{\"Power\":\"abc\"}}", "{not json", "{\"ENERGY\":{\"Power\":1e15}}"] {
-        let out = mosquitto_pub(&mqtt, &["-V", "mqttv5", "-q", "1", "-u", &user, "-P", &pass, "-t", "tele/plug1/SENSOR", "-m", bad]);
-        assert!(text(&out).to_lowercase().contains("payload format invalid"), "{bad}: {}", text(&out));
+    let (user, pass) = device_with_mqtt(
+        &s,
+        "plug-1",
+        Some(json!({"format": "tasmota", "id": "plug1"})),
+    );
+    for bad in [
+        "{\"ENERGY\":{\"Power\":\"abc\"}}",
+        "{not json",
+        "{\"ENERGY\":{\"Power\":1e15}}",
+    ] {
+        let out = mosquitto_pub(
+            &mqtt,
+            &[
+                "-V",
+                "mqttv5",
+                "-q",
+                "1",
+                "-u",
+                &user,
+                "-P",
+                &pass,
+                "-t",
+                "tele/plug1/SENSOR",
+                "-m",
+                bad,
+            ],
+        );
+        assert!(
+            text(&out).to_lowercase().contains("payload format invalid"),
+            "{bad}: {}",
+            text(&out)
+        );
     }
-    assert!(s.log().contains("tele/plug1/SENSOR"), "the refusal names the topic");
+    assert!(
+        s.log().contains("tele/plug1/SENSOR"),
+        "the refusal names the topic"
+    );
     assert_eq!(metric(&s, "wattline_mqtt_rejected_total"), 3);
-    let out = mosquitto_pub(&mqtt, &["-q", "1", "-u", &user, "-P", &pass, "-t", "tele/plug1/SENSOR", "-m", &fixture("tasmota/sensor_single.json")]);
+    let out = mosquitto_pub(
+        &mqtt,
+        &[
+            "-q",
+            "1",
+            "-u",
+            &user,
+            "-P",
+            &pass,
+            "-t",
+            "tele/plug1/SENSOR",
+            "-m",
+            &fixture("tasmota/sensor_single.json"),
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let dev = s.get("/api/v1/devices/plug-1", Some(ADMIN)).json();
     assert_eq!(dev["latest"]["main"]["power"], json!(5.0), "{dev}");
@@ -279,7 +526,19 @@ fn revoking_a_credential_disconnects_and_rotation_replaces_it() {
     let (user, pass) = device_with_mqtt(&s, "m1", None);
     let (host, port) = host_port(&mqtt);
     let mut sub = Command::new("mosquitto_sub")
-        .args(["-h", &host, "-p", &port, "-u", &user, "-P", &pass, "-t", "wattline/m1/commands", "-v"])
+        .args([
+            "-h",
+            &host,
+            "-p",
+            &port,
+            "-u",
+            &user,
+            "-P",
+            &pass,
+            "-t",
+            "wattline/m1/commands",
+            "-v",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -288,7 +547,21 @@ fn revoking_a_credential_disconnects_and_rotation_replaces_it() {
         s.get("/api/v1/devices/m1", Some(ADMIN)).json()["availability"]["online"] == true
     });
     // A retained command reaches the subscribed device.
-    let out = mosquitto_pub(&mqtt, &["-q", "1", "-u", "admin", "-P", ADMIN, "-t", "wattline/m1/commands", "-m", "off"]);
+    let out = mosquitto_pub(
+        &mqtt,
+        &[
+            "-q",
+            "1",
+            "-u",
+            "admin",
+            "-P",
+            ADMIN,
+            "-t",
+            "wattline/m1/commands",
+            "-m",
+            "off",
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(s.delete("/api/v1/devices/m1/mqtt", Some(ADMIN)).status, 204);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -298,15 +571,49 @@ fn revoking_a_credential_disconnects_and_rotation_replaces_it() {
     }
     let _ = sub.kill();
     let out = sub.wait_with_output().expect("sub output");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("wattline/m1/commands off"), "{}", text(&out));
-    assert!(s.log().contains("disconnected by the server"), "{}", s.log());
-    let refused = mosquitto_pub(&mqtt, &["-u", &user, "-P", &pass, "-t", "wattline/m1/readings", "-m", "{}"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("wattline/m1/commands off"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        s.log().contains("disconnected by the server"),
+        "{}",
+        s.log()
+    );
+    let refused = mosquitto_pub(
+        &mqtt,
+        &[
+            "-u",
+            &user,
+            "-P",
+            &pass,
+            "-t",
+            "wattline/m1/readings",
+            "-m",
+            "{}",
+        ],
+    );
     assert!(!refused.status.success(), "{}", text(&refused));
     // Rotation: a new password works.
     let r = s.post_raw("/api/v1/devices/m1/mqtt", Some(ADMIN), "");
     assert_eq!(r.status, 200, "{}", r.body);
     let new_pass = r.json()["mqtt"]["password"].as_str().unwrap().to_owned();
-    let ok = mosquitto_pub(&mqtt, &["-q", "1", "-u", &user, "-P", &new_pass, "-t", "wattline/m1/readings", "-m", "{\"power\": 5}"]);
+    let ok = mosquitto_pub(
+        &mqtt,
+        &[
+            "-q",
+            "1",
+            "-u",
+            &user,
+            "-P",
+            &new_pass,
+            "-t",
+            "wattline/m1/readings",
+            "-m",
+            "{\"power\": 5}",
+        ],
+    );
     assert!(ok.status.success(), "{}", text(&ok));
 }
 
@@ -315,17 +622,55 @@ fn retained_messages_reach_later_subscribers() {
     let s = TestServer::start();
     let mqtt = s.mqtt.clone().expect("broker address");
     let (user, pass) = device_with_mqtt(&s, "m1", None);
-    let out = mosquitto_pub(&mqtt, &["-q", "1", "-r", "-u", "admin", "-P", ADMIN, "-t", "wattline/m1/commands", "-m", "reboot"]);
+    let out = mosquitto_pub(
+        &mqtt,
+        &[
+            "-q",
+            "1",
+            "-r",
+            "-u",
+            "admin",
+            "-P",
+            ADMIN,
+            "-t",
+            "wattline/m1/commands",
+            "-m",
+            "reboot",
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let (host, port) = host_port(&mqtt);
     let sub = Command::new("mosquitto_sub")
-        .args(["-h", &host, "-p", &port, "-u", &user, "-P", &pass, "-t", "wattline/m1/commands", "-C", "1", "-W", "5", "-v", "-F", "%t %p %r"])
+        .args([
+            "-h",
+            &host,
+            "-p",
+            &port,
+            "-u",
+            &user,
+            "-P",
+            &pass,
+            "-t",
+            "wattline/m1/commands",
+            "-C",
+            "1",
+            "-W",
+            "5",
+            "-v",
+            "-F",
+            "%t %p %r",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("mosquitto_sub");
     let out = wait_output(sub, Duration::from_secs(10));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "wattline/m1/commands reboot 1", "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "wattline/m1/commands reboot 1",
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -334,14 +679,24 @@ fn a_taken_mqtt_port_is_a_clear_error() {
     let port = holder.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_wattline"))
-        .args(["serve", "--http", "127.0.0.1:0", "--mqtt", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--mqtt",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
         .arg(dir.path())
         .env("WATTLINE_ADMIN_TOKEN", ADMIN)
         .output()
         .expect("run wattline");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("port {port}")) && err.contains("--mqtt"), "{err}");
+    assert!(
+        err.contains(&format!("port {port}")) && err.contains("--mqtt"),
+        "{err}"
+    );
 }
 
 /// A private Mosquitto on a free port, stopped on drop.
@@ -353,7 +708,11 @@ struct Mosquitto {
 
 impl Mosquitto {
     fn start() -> Mosquitto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("mosquitto.conf");
         let mut f = std::fs::File::create(&conf).unwrap();
@@ -370,7 +729,11 @@ impl Mosquitto {
             assert!(Instant::now() < deadline, "mosquitto did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Mosquitto { child, port, _dir: dir }
+        Mosquitto {
+            child,
+            port,
+            _dir: dir,
+        }
     }
 }
 
@@ -399,7 +762,10 @@ fn two_nodes_split_one_stream_through_a_shared_subscription_each_reading_stored_
     }
     // The second node loads the devices at start.
     let b = TestServer::start_with(options);
-    assert!(a.wait_for_log("connected to the external broker") && b.wait_for_log("connected to the external broker"));
+    assert!(
+        a.wait_for_log("connected to the external broker")
+            && b.wait_for_log("connected to the external broker")
+    );
     std::thread::sleep(Duration::from_millis(500));
     let start = ms("2026-11-20T00:00:00Z");
     let per_device = 1500;
@@ -412,13 +778,28 @@ fn two_nodes_split_one_stream_through_a_shared_subscription_each_reading_stored_
     let publishers: Vec<Child> = (0..4)
         .map(|i| {
             let mut child = Command::new("mosquitto_pub")
-                .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1", "-l", "-t", &format!("wattline/n{i}/readings")])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &broker.port.to_string(),
+                    "-q",
+                    "1",
+                    "-l",
+                    "-t",
+                    &format!("wattline/n{i}/readings"),
+                ])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("mosquitto_pub");
-            child.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(lines.as_bytes())
+                .unwrap();
             child
         })
         .collect();
@@ -429,14 +810,26 @@ fn two_nodes_split_one_stream_through_a_shared_subscription_each_reading_stored_
     let _ = addr;
     let total = 4 * per_device as u64;
     wait_until("every reading stored", Duration::from_secs(60), || {
-        metric(&a, "wattline_mqtt_readings_total") + metric(&b, "wattline_mqtt_readings_total") >= total
+        metric(&a, "wattline_mqtt_readings_total") + metric(&b, "wattline_mqtt_readings_total")
+            >= total
     });
     std::thread::sleep(Duration::from_millis(500));
-    let (ra, rb) = (metric(&a, "wattline_mqtt_readings_total"), metric(&b, "wattline_mqtt_readings_total"));
-    assert_eq!(ra + rb, total, "node a {ra}, node b {rb}: each message to exactly one node");
+    let (ra, rb) = (
+        metric(&a, "wattline_mqtt_readings_total"),
+        metric(&b, "wattline_mqtt_readings_total"),
+    );
+    assert_eq!(
+        ra + rb,
+        total,
+        "node a {ra}, node b {rb}: each message to exactly one node"
+    );
     assert!(ra > 0 && rb > 0, "both nodes took part: a {ra}, b {rb}");
     for i in 0..4 {
-        let rows = a.export_rows(&format!("n{i}"), ms("2026-11-19T23:00:00Z"), ms("2026-11-21T00:00:00Z"));
+        let rows = a.export_rows(
+            &format!("n{i}"),
+            ms("2026-11-19T23:00:00Z"),
+            ms("2026-11-21T00:00:00Z"),
+        );
         assert_eq!(rows.len(), per_device as usize, "device n{i}");
     }
     drop(a);
