@@ -84,10 +84,22 @@ pub fn spec() -> Value {
             "site": {"type": "string"}, "kind": {"type": "string"},
             "labels": {"type": "object", "additionalProperties": {"type": "string"}},
             "created_at": {"type": "string"}, "last_seen": {"type": "string", "nullable": true},
-            "latest": {"type": "object"}, "token": {"type": "string", "description": "Only when created"}}},
+            "latest": {"type": "object"}, "token": {"type": "string", "description": "Only when created"},
+            "mqtt": {"$ref": "#/components/schemas/MqttCredential"},
+            "bindings": {"type": "array", "items": {"$ref": "#/components/schemas/Binding"}},
+            "availability": {"type": "object", "properties": {
+              "online": {"type": "boolean"},
+              "source": {"type": "string", "enum": ["connection", "lwt", "silence", "never"]},
+              "since": {"type": "integer", "nullable": true}, "last_seen": {"type": "integer", "nullable": true}}}}},
+          "MqttCredential": {"type": "object", "description": "Shown only when created or rotated",
+            "properties": {"username": {"type": "string"}, "password": {"type": "string"}}},
+          "Binding": {"type": "object", "required": ["format", "id"], "properties": {
+            "format": {"type": "string", "enum": ["tasmota", "shelly", "emoncms", "esp32", "clemap"]},
+            "id": {"type": "string", "description": "Tasmota topic, Shelly id or prefix, emoncms node, ESP32 topic prefix, Clemap serial"}}},
           "NewDevice": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
             "id": {"type": "string"}, "name": {"type": "string"}, "site": {"type": "string"},
-            "kind": {"type": "string"}, "labels": {"type": "object", "additionalProperties": {"type": "string"}}}},
+            "kind": {"type": "string"}, "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "binding": {"$ref": "#/components/schemas/Binding"}}},
           "Series": {"type": "object", "properties": {
             "tier": {"type": "string", "enum": ["raw", "1m", "1h", "1d"]}, "quantity": {"type": "string"},
             "unit": {"type": "string"}, "channel": {"type": "string", "nullable": true},
@@ -163,6 +175,34 @@ pub fn spec() -> Value {
         "/api/v1/devices/{id}/token": {
           "parameters": [device_id.clone()],
           "post": {"summary": "Rotate the device token (the old one stops working)", "responses": admin_errors(json!({"200": ok_json("New token", json!({"type": "object"})), "404": err("No such device")}))}},
+        "/api/v1/devices/{id}/mqtt": {
+          "parameters": [device_id.clone()],
+          "post": {"summary": "Issue a new MQTT password (shown once); the old one stops working and its connections close",
+            "responses": admin_errors(json!({"200": ok_json("New MQTT credential", json!({"type": "object", "properties": {"id": {"type": "string"}, "mqtt": {"$ref": "#/components/schemas/MqttCredential"}}})), "404": err("No such device")}))},
+          "delete": {"summary": "Revoke the device's MQTT credential and close its connections",
+            "responses": admin_errors(json!({"204": {"description": "Revoked"}, "404": err("No credential")}))}},
+        "/api/v1/devices/{id}/bindings": {
+          "parameters": [device_id.clone()],
+          "get": {"summary": "Vendor topic identities bound to the device",
+            "responses": admin_errors(json!({"200": ok_json("Bindings", json!({"type": "object"}))}))},
+          "post": {"summary": "Bind a vendor topic identity (Tasmota topic, Shelly id, ...) to the device",
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Binding"}}}},
+            "responses": admin_errors(json!({"201": ok_json("Bound", json!({"type": "object"})), "400": err("Bad binding"), "404": err("No such device"), "409": err("Identity bound to another device")}))}},
+        "/api/v1/devices/{id}/bindings/{format}/{vendor_id}": {
+          "parameters": [device_id.clone(), path_id("format", "Payload family"), path_id("vendor_id", "Vendor identity")],
+          "delete": {"summary": "Unbind a vendor topic identity", "responses": admin_errors(json!({"204": {"description": "Unbound"}, "404": err("No such binding")}))}},
+        "/api/v1/pending-devices": {
+          "get": {"summary": "Identities seen on MQTT that no device is bound to",
+            "responses": admin_errors(json!({"200": ok_json("Pending devices", json!({"type": "object"}))}))}},
+        "/api/v1/pending-devices/{format}/{vendor_id}/accept": {
+          "parameters": [path_id("format", "Payload family"), path_id("vendor_id", "Vendor identity")],
+          "post": {"summary": "Create a device for a pending identity, bind it and issue its credentials",
+            "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object", "properties": {
+              "device": {"type": "string"}, "name": {"type": "string"}, "site": {"type": "string"}, "kind": {"type": "string"}}}}}},
+            "responses": admin_errors(json!({"201": ok_json("Device created", json!({"$ref": "#/components/schemas/Device"})), "404": err("Not pending"), "409": err("Device id taken")}))}},
+        "/api/v1/pending-devices/{format}/{vendor_id}/reject": {
+          "parameters": [path_id("format", "Payload family"), path_id("vendor_id", "Vendor identity")],
+          "post": {"summary": "Drop this identity's messages from now on", "responses": admin_errors(json!({"204": {"description": "Rejected"}}))}},
         "/api/v1/devices/{id}/series": {
           "parameters": [device_id.clone()],
           "get": {"summary": "One quantity over time at the finest tier that fits max_points",
