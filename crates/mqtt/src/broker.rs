@@ -277,6 +277,16 @@ impl<H: BrokerHooks> Broker<H> {
         }
     }
 
+    /// `kick` as a closure that does not keep the broker alive: the hooks hold it, and the
+    /// broker holds the hooks, so a strong reference would be a cycle that outlives shutdown.
+    pub fn kicker(&self) -> impl Fn(&Principal) -> usize + Send + Sync + 'static {
+        let weak = Arc::downgrade(&self.shared);
+        move |who| {
+            weak.upgrade()
+                .map_or(0, |shared| Broker { shared }.kick(who))
+        }
+    }
+
     /// Disconnects every connection authenticated as `who` (a revoked or rotated credential).
     pub fn kick(&self, who: &Principal) -> usize {
         let sessions = self.shared.sessions.lock().unwrap();

@@ -583,7 +583,7 @@ mod tests {
 
     #[test]
     fn refuses_garbage_oversize_and_other_first_packets() {
-        let mut buf = BytesMut::from(&b"\x30\x05\x00\x01a"[..]);
+        let mut buf = BytesMut::from(&b"\x30\x05\x00\x01axy"[..]);
         assert!(matches!(
             read(&mut buf, None, 1 << 20),
             Err(CodecError::NotConnect)

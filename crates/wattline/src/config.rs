@@ -274,6 +274,11 @@ mod tests {
         let mut fields: Vec<String> = toml::Table::try_from(Config {
             database: Some(String::new()),
             admin_token: Some(String::new()),
+            mqtts: Some(String::new()),
+            mqtt_tls_cert: Some(PathBuf::new()),
+            mqtt_tls_key: Some(PathBuf::new()),
+            mqtt_broker: Some(String::new()),
+            mqtt_broker_ca: Some(PathBuf::new()),
             ..Config::default()
         })
         .unwrap()

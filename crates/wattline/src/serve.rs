@@ -223,8 +223,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => {
             let broker = Broker::new(Arc::new(BrokerSide(hub.clone())), BrokerConfig::default());
-            let kick_handle = broker.clone();
-            hub.set_kicker(Box::new(move |who| kick_handle.kick(who)));
+            hub.set_kicker(Box::new(broker.kicker()));
             if let Some(listener) = mqtt_listener {
                 let bound = listener.local_addr()?;
                 tracing::info!(mqtt_addr = %bound, "Wattline MQTT broker listening on mqtt://{bound}");

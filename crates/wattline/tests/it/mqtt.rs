@@ -836,3 +836,86 @@ fn two_nodes_split_one_stream_through_a_shared_subscription_each_reading_stored_
     drop(b);
     drop_pg_database(&db);
 }
+
+#[test]
+fn mqtts_listener_takes_tls_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl must be installed");
+    assert!(made.status.success(), "{}", text(&made));
+    let s = TestServer::start_with(Options {
+        args: vec!["--mqtts".into(), "127.0.0.1:0".into()],
+        env: vec![
+            ("WATTLINE_MQTT_TLS_CERT".into(), cert.display().to_string()),
+            ("WATTLINE_MQTT_TLS_KEY".into(), key.display().to_string()),
+        ],
+        ..Default::default()
+    });
+    assert!(s.wait_for_log("listening on mqtts://"));
+    let log = s.log();
+    let addr: String = log
+        .split("listening on mqtts://")
+        .nth(1)
+        .unwrap()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect();
+    let (user, pass) = device_with_mqtt(&s, "m1", None);
+    let ts = ms("2026-11-20T10:00:00Z");
+    let out = mosquitto_pub(
+        &addr,
+        &[
+            "--cafile",
+            &cert.display().to_string(),
+            "-q",
+            "1",
+            "-u",
+            &user,
+            "-P",
+            &pass,
+            "-t",
+            "wattline/m1/readings",
+            "-m",
+            &json!({"ts": ts, "power": 42}).to_string(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let rows = s.export_rows("m1", ts, ts + 1);
+    assert_eq!(rows, ["m1,main,2026-11-20T10:00:00Z,,,42,,,,,,"]);
+    // Plain MQTT on the TLS port is not MQTT: refused without harm.
+    let plain = mosquitto_pub(
+        &addr,
+        &[
+            "-u",
+            &user,
+            "-P",
+            &pass,
+            "-t",
+            "wattline/m1/readings",
+            "-m",
+            "{}",
+        ],
+    );
+    assert!(!plain.status.success(), "{}", text(&plain));
+}

@@ -128,7 +128,11 @@ impl TestServer {
         if let Some(db) = &options.database {
             cmd.args(["--database", db]);
         }
-        if !options.args.iter().any(|a| a.starts_with("--mqtt")) {
+        if !options
+            .args
+            .iter()
+            .any(|a| a == "--mqtt" || a == "--mqtt-broker")
+        {
             cmd.args(["--mqtt", "127.0.0.1:0"]);
         }
         cmd.args(&options.args);
