@@ -76,6 +76,9 @@ pub struct Hub {
     /// A device that sends nothing for this long is shown offline.
     offline_after: Duration,
     bindings: RwLock<HashMap<TopicIdentity, DeviceId>>,
+    /// The families whose adapters remember (Shelly statuses, ESP32 cycles) decode here, so
+    /// the memory follows the device across reconnections, not the connection.
+    stateful: Mutex<MqttDecoder>,
     rejected: RwLock<HashSet<TopicIdentity>>,
     /// Pending identities seen since the last flush to storage.
     pending: Mutex<HashMap<TopicIdentity, PendingDevice>>,
@@ -87,7 +90,8 @@ pub struct Hub {
     kicker: OnceLock<Kicker>,
 }
 
-/// Per-connection state: the adapters' memory (Shelly statuses, ESP32 cycles).
+/// Per-connection decoder for the families that need no memory between messages: decoding
+/// them needs no lock, so connections decode in parallel.
 pub struct HubConn {
     decoder: MqttDecoder,
 }
@@ -121,6 +125,7 @@ impl Hub {
         Ok(Arc::new(Hub {
             engine,
             admin_token_hash,
+            stateful: Mutex::new(MqttDecoder::new(limits.clone())),
             limits,
             offline_after,
             bindings: RwLock::new(bindings),
@@ -167,7 +172,15 @@ impl Hub {
 
     /// Forgets everything about a deleted device.
     pub fn forget_device(&self, device: &DeviceId) {
-        self.bindings.write().unwrap().retain(|_, d| d != device);
+        let mut bindings = self.bindings.write().unwrap();
+        let mut stateful = self.stateful.lock().unwrap();
+        bindings.retain(|identity, d| {
+            if d == device {
+                stateful.forget(identity);
+            }
+            d != device
+        });
+        drop((bindings, stateful));
         self.availability.lock().unwrap().remove(device);
         self.disconnect_device(device);
     }
@@ -458,7 +471,15 @@ impl Hub {
                 }
                 continue;
             }
-            match conn.decoder.decode(&m.topic, &m.payload, now) {
+            let decoded = match MqttDecoder::classify(&m.topic).map(|i| i.format) {
+                Some(Format::Shelly | Format::Esp32) => self
+                    .stateful
+                    .lock()
+                    .unwrap()
+                    .decode(&m.topic, &m.payload, now),
+                _ => conn.decoder.decode(&m.topic, &m.payload, now),
+            };
+            match decoded {
                 Err(e) => {
                     self.reject(e.code, &e.message);
                     verdicts[i] = Err(AckRefusal::PayloadInvalid);

@@ -919,3 +919,130 @@ fn mqtts_listener_takes_tls_clients() {
     );
     assert!(!plain.status.success(), "{}", text(&plain));
 }
+
+#[test]
+fn persistent_session_keeps_subscriptions_and_queued_qos1_messages() {
+    let s = TestServer::start();
+    let mqtt = s.mqtt.clone().expect("broker address");
+    let (user, pass) = device_with_mqtt(&s, "m1", None);
+    let (host, port) = host_port(&mqtt);
+    let sub = |extra: &[&str]| {
+        let child = Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                &host,
+                "-p",
+                &port,
+                "-u",
+                &user,
+                "-P",
+                &pass,
+                "-i",
+                "m1-session",
+                "-c",
+                "-q",
+                "1",
+                "-v",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_sub");
+        wait_output(child, Duration::from_secs(10))
+    };
+    // Subscribe with clean session off, then leave.
+    let first = sub(&["-t", "wattline/m1/commands", "-W", "1"]);
+    assert!(!text(&first).contains("denied"), "{}", text(&first));
+    // Published while the device is away: kept for its session.
+    for cmd in ["on", "off"] {
+        let out = mosquitto_pub(
+            &mqtt,
+            &[
+                "-q",
+                "1",
+                "-u",
+                "admin",
+                "-P",
+                ADMIN,
+                "-t",
+                "wattline/m1/commands",
+                "-m",
+                cmd,
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    // Back without subscribing again: the session delivers both, in order.
+    let second = sub(&["-C", "2", "-W", "5", "-t", "wattline/m1/nothing-new"]);
+    assert_eq!(
+        String::from_utf8_lossy(&second.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        ["wattline/m1/commands on", "wattline/m1/commands off"],
+        "{}",
+        text(&second)
+    );
+}
+
+#[test]
+fn clemap_binary_and_esp32_cycles_are_stored_per_binding() {
+    let s = TestServer::start();
+    let mqtt = s.mqtt.clone().expect("broker address");
+    let (cu, cp) = device_with_mqtt(
+        &s,
+        "clemap-1",
+        Some(json!({"format": "clemap", "id": "SE05000160"})),
+    );
+    let out = mosquitto_pub(
+        &mqtt,
+        &[
+            "-q",
+            "1",
+            "-u",
+            &cu,
+            "-P",
+            &cp,
+            "-t",
+            "one-minute/SE05000160",
+            "-f",
+            &format!("{FIXTURES}/seed-clemap/type17_one_minute.bin"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let dev = s.get("/api/v1/devices/clemap-1", Some(ADMIN)).json();
+    let power: f64 = ["L1", "L2", "L3"]
+        .iter()
+        .map(|p| {
+            dev["latest"][p]["power"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{p}: {dev}"))
+        })
+        .sum();
+    assert!((power - 567.318).abs() < 1e-6, "{power}");
+    assert_eq!(dev["latest"]["L1"]["voltage"], json!(235.491), "{dev}");
+
+    let (eu, ep) = device_with_mqtt(
+        &s,
+        "miner-1",
+        Some(json!({"format": "esp32", "id": "Smart_Energie"})),
+    );
+    for (topic, payload) in [
+        ("Smart_Energie/temps", "0 Days, 00:31:38"),
+        ("Smart_Energie/data/kWh", "0.06436kWh"),
+        ("Smart_Energie/data/Current", "0.00A"),
+        ("Smart_Energie/data/Voltage", "8.37V"),
+    ] {
+        // One connection per message, as QoS 1: the cycle is merged across connections of the
+        // same credential too, since the adapter memory follows the identity.
+        let out = mosquitto_pub(
+            &mqtt,
+            &["-q", "1", "-u", &eu, "-P", &ep, "-t", topic, "-m", payload],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let dev = s.get("/api/v1/devices/miner-1", Some(ADMIN)).json();
+    assert_eq!(dev["latest"]["main"]["energy"], json!(0.06436), "{dev}");
+    assert_eq!(dev["latest"]["main"]["voltage"], json!(8.37), "{dev}");
+    assert_eq!(dev["latest"]["main"]["current"], json!(0.0), "{dev}");
+}
