@@ -54,7 +54,7 @@
 
 use wattline_domain::{ChannelName, DeviceId, Limits, Quantity, TsMs, Values};
 
-use super::emoncms::seconds_to_ms;
+use super::common::seconds_to_ms;
 use super::{adapter_codes, AdapterError, ChannelReading, Decoded, Format, TopicIdentity};
 
 const TEN_SECOND: u8 = 16;

@@ -39,6 +39,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use wattline_domain::{ChannelName, DeviceId, Limits, Quantity, TsMs, Values};
 
+use super::common::{parse_number, seconds_to_ms};
 use super::{adapter_codes, AdapterError, ChannelReading, Decoded, Format, TopicIdentity};
 
 pub(super) fn identity(topic: &str) -> Option<TopicIdentity> {
@@ -244,59 +245,6 @@ fn timestamp(topic: &str, time: &Value, now: TsMs, limits: &Limits) -> Result<Ts
         .check_ts(ts, now)
         .map_err(|e| bad(format!("{time}: {e}")))?;
     Ok(ts)
-}
-
-/// Unix seconds (with any fraction) to milliseconds, rounded: the fraction of an `f64` number of
-/// seconds is rarely exact (`0.123` is `0.12299...`), and truncating would move whole
-/// milliseconds. `None` if out of range or not finite.
-pub(super) fn seconds_to_ms(secs: f64) -> Option<TsMs> {
-    let ms = (secs * 1000.0).round();
-    // i64::MAX as f64 rounds up to 2^63, which is out of range itself; NaN is in no range.
-    (-9.223_372_036_854_776e18..9.223_372_036_854_776e18)
-        .contains(&ms)
-        .then_some(TsMs(ms as i64))
-}
-
-/// The length of the longest prefix of `s` that is a number: `-?\d+(\.\d+)?([eE][+-]?\d+)?`.
-/// A `.` or exponent not followed by digits is not part of it (`5.` is `5` and a rest `.`).
-pub(super) fn number_len(s: &str) -> usize {
-    let b = s.as_bytes();
-    let digits = |from: usize| {
-        b.get(from..)
-            .unwrap_or_default()
-            .iter()
-            .take_while(|c| c.is_ascii_digit())
-            .count()
-    };
-    let mut end = usize::from(b.first() == Some(&b'-'));
-    let int = digits(end);
-    if int == 0 {
-        return 0;
-    }
-    end += int;
-    if b.get(end) == Some(&b'.') {
-        let frac = digits(end + 1);
-        if frac > 0 {
-            end += 1 + frac;
-        }
-    }
-    if matches!(b.get(end), Some(b'e' | b'E')) {
-        let sign = usize::from(matches!(b.get(end + 1), Some(b'+' | b'-')));
-        let exp = digits(end + 1 + sign);
-        if exp > 0 {
-            end += 1 + sign + exp;
-        }
-    }
-    end
-}
-
-/// `s` as a number, if all of it is one (see [`number_len`]). Too large is infinite, which the
-/// limits refuse.
-pub(super) fn parse_number(s: &str) -> Option<f64> {
-    if s.is_empty() || number_len(s) != s.len() {
-        return None;
-    }
-    s.parse().ok()
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
 use super::*;
+use crate::mqtt::common::number_len;
 use crate::mqtt::MqttDecoder;
 use proptest::prelude::*;
 use wattline_domain::Quantity as Q;

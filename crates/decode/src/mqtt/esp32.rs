@@ -36,7 +36,7 @@ use std::collections::HashMap;
 
 use wattline_domain::{ChannelName, DeviceId, Limits, Quantity, TsMs, Values};
 
-use super::emoncms::number_len;
+use super::common::number_len;
 use super::{adapter_codes, AdapterError, ChannelReading, Decoded, Format, TopicIdentity};
 
 /// How long a cycle may wait for its other values.

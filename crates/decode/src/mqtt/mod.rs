@@ -1,7 +1,7 @@
 //! MQTT payload adapters: a topic and a payload in, readings of a *topic identity* out.
 //!
 //! Devices publish in their vendor's format, under their vendor's topics, and most of them do
-//! not know their Wattline device id. So an adapter does not produce [`Reading`]s: it produces
+//! not know their Wattline device id. So an adapter does not produce readings of a device: it produces
 //! [`ChannelReading`]s of a [`TopicIdentity`] (`tasmota`/`plug1` for `tele/plug1/SENSOR`), and
 //! the broker maps the identity to a registered device through its binding (or lists it as a
 //! pending device).
@@ -13,7 +13,8 @@
 //!
 //! | family | topics | identity |
 //! |---|---|---|
-//! | native | `wattline/<device>/readings` | the device id itself |
+//! | native | `wattline/<device>/readings`, `wattline/<device>/commands` | the device id itself |
+//! | native gateway | `wattline/readings` (every item names its device; [`decode_gateway`]) | none |
 //! | tasmota | `tele/<topic>/SENSOR`, `tele/<topic>/LWT` | `<topic>` |
 //! | shelly | `<prefix>/status/switch:N`, `<prefix>/status/em:0`, `<prefix>/status/em1:N`, `<prefix>/events/rpc`, `shellies/<id>/relay/N/{power,energy}`, `shellies/<id>/online` | `<prefix>` / `<id>` |
 //! | emoncms | `emon/<node>/<key>`, `emon/<node>` | `<node>` |
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use wattline_domain::{ChannelName, Limits, TsMs, Values};
 
 mod clemap;
+mod common;
 mod emoncms;
 mod esp32;
 mod native;
@@ -115,8 +117,8 @@ pub struct ChannelReading {
 /// What one message meant.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decoded {
-    /// Readings to store. For `Format::Native`, `identity.id` is the device id, and
-    /// `readings` may name other devices only if the payload did (see [`native`]).
+    /// Readings to store. For `Format::Native`, `identity.id` is the device id (items naming
+    /// another device are refused into `rejected`).
     Readings {
         identity: TopicIdentity,
         readings: Vec<ChannelReading>,
@@ -149,7 +151,8 @@ impl Decoded {
 pub mod adapter_codes {
     /// No adapter knows this topic.
     pub const UNKNOWN_TOPIC: &str = "unknown_topic";
-    /// Payload is not well-formed JSON where JSON is expected.
+    /// Payload is not well-formed JSON where JSON is expected, or JSON of the wrong shape (an
+    /// array where an object belongs).
     pub const BAD_JSON: &str = "bad_json";
     /// A value where a number belongs is not a number (or has the wrong unit suffix).
     pub const BAD_NUMBER: &str = "bad_number";
@@ -165,7 +168,8 @@ pub mod adapter_codes {
     pub const BAD_ID: &str = "bad_id";
     /// A well-formed message with none of the values the adapter needs.
     pub const NO_VALUES: &str = "no_values";
-    /// Payload not valid UTF-8 where text is expected.
+    /// Payload not valid UTF-8 where text is expected, or a word that is not one of the
+    /// expected ones (an LWT that is neither `Online` nor `Offline`).
     pub const BAD_TEXT: &str = "bad_text";
 }
 

@@ -75,7 +75,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 use wattline_domain::{ChannelName, Limits, Quantity as Q, TsMs, Values};
 
-use super::tasmota::{availability, check_id, describe, json, json_object, number, text_number};
+use super::common::{availability, check_id, describe, json, json_object, number, text_number};
 use super::{adapter_codes as codes, AdapterError, ChannelReading, Decoded, Format, TopicIdentity};
 
 /// First topic levels that belong to other families (or to Gen1) and are never a Gen2 prefix.

@@ -55,9 +55,10 @@
 //!
 //! The helpers at the end are shared with the Shelly adapter.
 
-use serde_json::{Map, Value};
-use wattline_domain::{ChannelName, DeviceId, Limits, Quantity, TsMs, Values};
+use serde_json::Value;
+use wattline_domain::{ChannelName, Limits, Quantity, TsMs, Values};
 
+use super::common::{availability, check_id, checked, json, json_object, number};
 use super::{adapter_codes as codes, AdapterError, ChannelReading, Decoded, Format, TopicIdentity};
 
 /// Most channels one `ENERGY` object may describe.
@@ -213,155 +214,6 @@ fn sensor(
         ));
     }
     Ok(Some(out))
-}
-
-// Shared with the Shelly adapter.
-
-/// Refuses a topic whose identity part is no valid id: it could never be bound to a device.
-pub(super) fn check_id(topic: &str, id: &str) -> Result<(), AdapterError> {
-    DeviceId::parse(id)
-        .map(drop)
-        .map_err(|e| AdapterError::new(topic, None, codes::BAD_ID, e))
-}
-
-/// The payload as text; `field` is the topic level that names it.
-pub(super) fn text<'p>(
-    topic: &str,
-    field: Option<&str>,
-    payload: &'p [u8],
-) -> Result<&'p str, AdapterError> {
-    std::str::from_utf8(payload)
-        .map_err(|e| AdapterError::new(topic, field, codes::BAD_TEXT, format!("not UTF-8: {e}")))
-}
-
-/// The payload as a JSON object.
-pub(super) fn json(topic: &str, payload: &[u8]) -> Result<Map<String, Value>, AdapterError> {
-    let v = serde_json::from_str(text(topic, None, payload)?).map_err(|e| {
-        AdapterError::new(topic, None, codes::BAD_JSON, format!("malformed JSON: {e}"))
-    })?;
-    match v {
-        Value::Object(map) => Ok(map),
-        other => Err(not_an_object(topic, None, &other)),
-    }
-}
-
-/// `v` as an object; `field` is where it sits.
-pub(super) fn json_object<'v>(
-    topic: &str,
-    field: &str,
-    v: &'v Value,
-) -> Result<&'v Map<String, Value>, AdapterError> {
-    match v {
-        Value::Object(map) => Ok(map),
-        other => Err(not_an_object(topic, Some(field), other)),
-    }
-}
-
-fn not_an_object(topic: &str, field: Option<&str>, found: &Value) -> AdapterError {
-    let what = format!("expected an object, found {}", describe(found));
-    AdapterError::new(topic, field, codes::BAD_JSON, what)
-}
-
-/// A JSON value where a number of `q` belongs, divided by `div` into Wattline's unit and
-/// checked against the limits. `null` is absent.
-pub(super) fn number(
-    topic: &str,
-    field: &str,
-    v: &Value,
-    q: Quantity,
-    div: f64,
-    limits: &Limits,
-) -> Result<Option<f64>, AdapterError> {
-    match v {
-        Value::Null => Ok(None),
-        // Without serde_json's arbitrary_precision every number has an f64; NaN would be
-        // refused by the limits if that ever changed.
-        Value::Number(n) => checked(
-            topic,
-            field,
-            q,
-            n.as_f64().unwrap_or(f64::NAN) / div,
-            limits,
-        )
-        .map(Some),
-        other => Err(not_a_number(topic, field, &describe(other))),
-    }
-}
-
-/// A number sent as text (Shelly Gen1): JSON number syntax, surrounding whitespace allowed,
-/// so `12abc`, `0x10`, `inf` and `NaN` are refused rather than half-read.
-pub(super) fn text_number(
-    topic: &str,
-    field: &str,
-    payload: &[u8],
-    q: Quantity,
-    div: f64,
-    limits: &Limits,
-) -> Result<f64, AdapterError> {
-    let t = text(topic, Some(field), payload)?;
-    let v: f64 = serde_json::from_str(t).map_err(|_| not_a_number(topic, field, &quoted(t)))?;
-    checked(topic, field, q, v / div, limits)
-}
-
-/// `v` if the limits take it for `q`.
-pub(super) fn checked(
-    topic: &str,
-    field: &str,
-    q: Quantity,
-    v: f64,
-    limits: &Limits,
-) -> Result<f64, AdapterError> {
-    limits
-        .check_value(q, v)
-        .map(|()| v)
-        .map_err(|e| AdapterError::new(topic, Some(field), codes::OUT_OF_RANGE, e))
-}
-
-/// An availability word; `field` is the topic level that carries it.
-pub(super) fn availability(
-    topic: &str,
-    field: &str,
-    payload: &[u8],
-    online: &str,
-    offline: &str,
-) -> Result<bool, AdapterError> {
-    let t = text(topic, Some(field), payload)?.trim();
-    if t.eq_ignore_ascii_case(online) {
-        Ok(true)
-    } else if t.eq_ignore_ascii_case(offline) {
-        Ok(false)
-    } else {
-        let what = format!("{} is neither {online:?} nor {offline:?}", quoted(t));
-        Err(AdapterError::new(topic, Some(field), codes::BAD_TEXT, what))
-    }
-}
-
-fn not_a_number(topic: &str, field: &str, found: &str) -> AdapterError {
-    AdapterError::new(
-        topic,
-        Some(field),
-        codes::BAD_NUMBER,
-        format!("{found} is not a number"),
-    )
-}
-
-/// A JSON value for a message: strings quoted and clipped, containers by kind.
-pub(super) fn describe(v: &Value) -> String {
-    match v {
-        Value::String(s) => quoted(s),
-        Value::Array(_) => "an array".to_owned(),
-        Value::Object(_) => "an object".to_owned(),
-        other => other.to_string(),
-    }
-}
-
-/// Text quoted for a message, clipped so a huge payload cannot bloat logs.
-fn quoted(s: &str) -> String {
-    const MAX: usize = 40;
-    match s.char_indices().nth(MAX) {
-        Some((end, _)) => format!("{:?}...", &s[..end]),
-        None => format!("{s:?}"),
-    }
 }
 
 #[cfg(test)]
