@@ -1,6 +1,7 @@
 //! The `wattline` binary: parses the command line and hands over to the library crates.
 
 mod config;
+mod import;
 mod serve;
 
 use std::path::PathBuf;
@@ -25,6 +26,9 @@ enum Command {
     Serve(ServeArgs),
     /// Print every configuration option with its default, as TOML with comments.
     Config,
+    /// Backfill historical readings (CSV or line protocol) into a running server; running it
+    /// twice stores each reading once.
+    Import(ImportCli),
 }
 
 #[derive(Args, Debug)]
@@ -55,6 +59,25 @@ struct ServeArgs {
     log_format: Option<String>,
 }
 
+#[derive(Args, Debug)]
+struct ImportCli {
+    /// CSV (with a header naming the columns) or line-protocol file.
+    file: PathBuf,
+    /// The server's HTTP address.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Admin, site ingest or device token; `@path` reads it from a file.
+    #[arg(long, env = "WATTLINE_IMPORT_TOKEN")]
+    token: String,
+    /// csv or lp (default: from the file name).
+    #[arg(long)]
+    format: Option<String>,
+    /// Unit of numeric timestamps: s, ms, us or ns (default: line protocol ns; CSV guessed
+    /// from the number of digits).
+    #[arg(long)]
+    precision: Option<String>,
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -78,6 +101,20 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(serve::run(config))
+        }
+        Command::Import(args) => {
+            let summary = import::run(&import::ImportArgs {
+                file: args.file,
+                url: args.url,
+                token: import::token_arg(&args.token)?,
+                format: args.format,
+                precision: args.precision,
+            })?;
+            println!("{}", serde_json::to_string(&summary)?);
+            if summary.rejected > 0 {
+                std::process::exit(2);
+            }
+            Ok(())
         }
         Command::Config => {
             let defaults = toml::Table::try_from(config::Config::default())?;

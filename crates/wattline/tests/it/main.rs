@@ -3,6 +3,7 @@
 mod admin;
 mod durability;
 mod energy;
+mod import;
 mod ingest;
 mod mqtt;
 mod postgres;
