@@ -381,7 +381,7 @@ async fn run_connection<H: BrokerHooks, S>(
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let max = shared.config.max_packet_bytes;
-    let mut rbuf = BytesMut::with_capacity(256);
+    let mut rbuf = BytesMut::with_capacity(INITIAL_READ_BUFFER);
     // CONNECT first, within the timeout.
     let connect = tokio::time::timeout(shared.config.connect_timeout, async {
         loop {
@@ -520,7 +520,7 @@ async fn run_connection<H: BrokerHooks, S>(
         .connections_total
         .fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%peer, %client_id, ?principal, ?version, "mqtt: connected");
-    let mut conn = shared.hooks.open(&principal, &client_id);
+    let conn = shared.hooks.open(&principal, &client_id);
     codec::write(
         &Outbound::ConnAck {
             session_present,
@@ -544,14 +544,14 @@ async fn run_connection<H: BrokerHooks, S>(
         s => Some(Duration::from_millis(u64::from(s) * 1500)),
     };
 
-    let end = connection_loop(
+    let (end, mut conn) = connection_loop(
         &shared,
         &session,
         &mut stream,
         &mut rbuf,
         &mut wbuf,
         &mut state,
-        &mut conn,
+        conn,
         keep_alive,
         &mut shutdown,
     )
@@ -629,6 +629,22 @@ struct ConnState {
     my_connection: u64,
 }
 
+/// A read's publishes being made durable, with the answers that wait for them.
+struct Batch<C> {
+    conn: C,
+    verdicts: Vec<Result<(), AckRefusal>>,
+    publishes: Vec<PublishPacket>,
+    replies: Vec<Reply>,
+}
+
+type InFlight<'a, C> = std::pin::Pin<Box<dyn std::future::Future<Output = Batch<C>> + Send + 'a>>;
+
+/// Serves a connection until it ends; returns how, and the hooks' connection state.
+///
+/// One read's messages are stored while the next read is taken from the socket (at most one
+/// batch in flight, so the engine's backpressure still reaches the client): a publisher is
+/// not held up by a commit it does not wait for (QoS 0), and acknowledgements still go out
+/// only once their batch is durable, in order.
 #[allow(clippy::too_many_arguments)]
 async fn connection_loop<H: BrokerHooks, S>(
     shared: &Shared<H>,
@@ -637,29 +653,32 @@ async fn connection_loop<H: BrokerHooks, S>(
     rbuf: &mut BytesMut,
     wbuf: &mut BytesMut,
     state: &mut ConnState,
-    conn: &mut H::Conn,
+    conn: H::Conn,
     keep_alive: Option<Duration>,
     shutdown: &mut watch::Receiver<bool>,
-) -> End
+) -> (End, H::Conn)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let max = shared.config.max_packet_bytes;
-    let mut publishes: Vec<PublishPacket> = Vec::new();
-    let mut replies: Vec<Reply> = Vec::new();
-    loop {
+    let mut idle_conn = Some(conn);
+    let mut in_flight: Option<InFlight<'_, H::Conn>> = None;
+    let end = loop {
         // Messages queued for this client go out with whatever else is pending.
         if let Some(end) = drain_queue(session, state, wbuf) {
-            return end;
+            break end;
         }
         if !wbuf.is_empty() {
             if let Err(e) = stream.write_all(wbuf).await {
-                return End::Error(e.to_string());
+                break End::Error(e.to_string());
             }
             shrink(wbuf);
         }
-        if rbuf.capacity() - rbuf.len() < 1024 {
-            rbuf.reserve(4096);
+        // Idle devices dominate: they send a small message every few seconds, so the buffer
+        // starts small and doubles only when a read fills it (a busy publisher reaches
+        // 16 KiB+ after a few reads).
+        if rbuf.capacity() - rbuf.len() < MIN_READ_SPACE {
+            rbuf.reserve(rbuf.capacity().max(INITIAL_READ_BUFFER));
         }
         let read = async {
             match keep_alive {
@@ -669,18 +688,32 @@ where
                 None => Some(stream.read_buf(rbuf).await),
             }
         };
+        let stored = async {
+            match in_flight.as_mut() {
+                Some(f) => f.await,
+                None => std::future::pending().await,
+            }
+        };
         let n = tokio::select! {
+            batch = stored => {
+                in_flight = None;
+                idle_conn = Some(finish(shared, session, state, wbuf, batch));
+                continue;
+            }
             r = read => r,
             _ = session.wake.notified() => continue,
-            _ = shutdown.wait_for(|stop| *stop) => return End::Shutdown,
+            _ = shutdown.wait_for(|stop| *stop) => break End::Shutdown,
         };
         match n {
-            None => return End::KeepAlive,
-            Some(Ok(0)) => return End::Closed,
+            None => break End::KeepAlive,
+            Some(Ok(0)) => break End::Closed,
             Some(Ok(_)) => {}
-            Some(Err(e)) => return End::Error(e.to_string()),
+            Some(Err(e)) => break End::Error(e.to_string()),
         }
-        // Every complete packet of this read.
+        // Every complete packet of this read. The lists live only as long as the read, so an
+        // idle connection holds no capacity for them.
+        let mut publishes: Vec<PublishPacket> = Vec::new();
+        let mut replies: Vec<Reply> = Vec::new();
         let mut ended = None;
         loop {
             let packet = match codec::read(rbuf, Some(state.version), max) {
@@ -751,58 +784,100 @@ where
                 }
             }
         }
-        let verdicts = if publishes.is_empty() {
-            Vec::new()
-        } else {
-            ingest(shared, conn, state, &publishes).await
-        };
-        for reply in replies.drain(..) {
-            match reply {
-                Reply::Now(packet) => codec::write(&packet, state.version, wbuf),
-                Reply::Verdict(i) => {
-                    let p = &publishes[i];
-                    let refusal = verdicts[i].err();
-                    match p.qos {
-                        0 => {}
-                        1 => codec::write(
-                            &Outbound::PubAck {
+        if rbuf.is_empty() {
+            shrink(rbuf);
+        }
+        if !replies.is_empty() {
+            // Answers go out in the order the packets came: after the batch in flight.
+            if let Some(f) = in_flight.take() {
+                idle_conn = Some(finish(shared, session, state, wbuf, f.await));
+            }
+            let mut conn = idle_conn.take().expect("no batch in flight");
+            let principal = state.principal.clone();
+            if publishes.is_empty() {
+                idle_conn = Some(finish(
+                    shared,
+                    session,
+                    state,
+                    wbuf,
+                    Batch {
+                        conn,
+                        verdicts: Vec::new(),
+                        publishes,
+                        replies,
+                    },
+                ));
+            } else {
+                in_flight = Some(Box::pin(async move {
+                    let verdicts = ingest(shared, &mut conn, &principal, &publishes).await;
+                    Batch {
+                        conn,
+                        verdicts,
+                        publishes,
+                        replies,
+                    }
+                }));
+            }
+        }
+        if let Some(end) = ended {
+            break end;
+        }
+    };
+    // Whatever was received is stored (and acknowledged if the socket still takes it).
+    if let Some(f) = in_flight.take() {
+        idle_conn = Some(finish(shared, session, state, wbuf, f.await));
+    }
+    if !wbuf.is_empty() {
+        let _ = stream.write_all(wbuf).await;
+        wbuf.clear();
+    }
+    (end, idle_conn.expect("connection state returned"))
+}
+
+/// Writes a stored batch's answers, in the order its packets came.
+fn finish<H: BrokerHooks>(
+    shared: &Shared<H>,
+    session: &Session,
+    state: &mut ConnState,
+    wbuf: &mut BytesMut,
+    batch: Batch<H::Conn>,
+) -> H::Conn {
+    for reply in batch.replies {
+        match reply {
+            Reply::Now(packet) => codec::write(&packet, state.version, wbuf),
+            Reply::Verdict(i) => {
+                let p = &batch.publishes[i];
+                let refusal = batch.verdicts[i].err();
+                match p.qos {
+                    0 => {}
+                    1 => codec::write(
+                        &Outbound::PubAck {
+                            pkid: p.pkid,
+                            refusal,
+                        },
+                        state.version,
+                        wbuf,
+                    ),
+                    _ => {
+                        if refusal.is_some() {
+                            // Not stored: a resend may be taken.
+                            state.awaiting_rel.remove(&p.pkid);
+                        }
+                        codec::write(
+                            &Outbound::PubRec {
                                 pkid: p.pkid,
                                 refusal,
                             },
                             state.version,
                             wbuf,
-                        ),
-                        _ => {
-                            if refusal.is_some() {
-                                // Not stored: a resend may be taken.
-                                state.awaiting_rel.remove(&p.pkid);
-                            }
-                            codec::write(
-                                &Outbound::PubRec {
-                                    pkid: p.pkid,
-                                    refusal,
-                                },
-                                state.version,
-                                wbuf,
-                            )
-                        }
+                        )
                     }
                 }
-                Reply::Retained(filters) => send_retained(shared, session, state, &filters),
             }
-        }
-        publishes.clear();
-        if rbuf.is_empty() {
-            shrink(rbuf);
-        }
-        if let Some(end) = ended {
-            if !wbuf.is_empty() {
-                let _ = stream.write_all(wbuf).await;
-                wbuf.clear();
-            }
-            return end;
+            Reply::Retained(filters) => send_retained(shared, session, state, &filters),
         }
     }
+    batch.conn
 }
 
 /// What to answer for one inbound packet, in the order the packets came.
@@ -813,6 +888,11 @@ enum Reply {
     /// Retained messages for new subscriptions, after their SUBACK.
     Retained(Vec<(String, u8)>),
 }
+
+/// Read buffer of a new connection: a CONNECT and a reading or two.
+const INITIAL_READ_BUFFER: usize = 512;
+/// Below this much free space the read buffer grows before the next read.
+const MIN_READ_SPACE: usize = 128;
 
 /// Buffers that grew for a burst give their memory back when idle: 100,000 idle devices must
 /// not each hold a burst-sized buffer.
@@ -850,7 +930,7 @@ fn resolve_alias(state: &mut ConnState, p: &mut PublishPacket) -> Result<(), Str
 async fn ingest<H: BrokerHooks>(
     shared: &Shared<H>,
     conn: &mut H::Conn,
-    state: &ConnState,
+    principal: &Principal,
     publishes: &[PublishPacket],
 ) -> Vec<Result<(), AckRefusal>> {
     shared
@@ -860,12 +940,10 @@ async fn ingest<H: BrokerHooks>(
     // The ACL first: refused messages never reach the hooks' ingest.
     let allowed: Vec<bool> = publishes
         .iter()
-        .map(|p| {
-            topic::valid_topic(&p.topic) && shared.hooks.may_publish(&state.principal, &p.topic)
-        })
+        .map(|p| topic::valid_topic(&p.topic) && shared.hooks.may_publish(principal, &p.topic))
         .collect();
     let mut verdicts = if allowed.iter().all(|a| *a) {
-        shared.hooks.ingest(conn, &state.principal, publishes).await
+        shared.hooks.ingest(conn, principal, publishes).await
     } else {
         let taken: Vec<PublishPacket> = publishes
             .iter()
@@ -875,7 +953,7 @@ async fn ingest<H: BrokerHooks>(
             .collect();
         let mut taken_verdicts = shared
             .hooks
-            .ingest(conn, &state.principal, &taken)
+            .ingest(conn, principal, &taken)
             .await
             .into_iter();
         allowed
@@ -892,7 +970,7 @@ async fn ingest<H: BrokerHooks>(
                         .publishes_denied
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
-                        principal = ?state.principal,
+                        principal = ?principal,
                         topic = %p.topic,
                         "mqtt: publish refused by the ACL (not this client's topic)"
                     );

@@ -376,7 +376,8 @@ impl Hub {
                 if bool::from(hash.as_bytes().ct_eq(stored.as_bytes())) {
                     return Ok(Principal::Device(device));
                 }
-                return Err(ConnectRefusal::BadCredentials);
+                // Not this device's password; it may still be a site token sent by a gateway
+                // whose username happens to be a device id.
             }
         }
         if let Some(site) = store.ingest_token_site(&hash).await.map_err(unavailable)? {

@@ -314,13 +314,14 @@ fn tasmota_binding_pending_accept_and_lwt() {
         .as_str()
         .expect("site token")
         .to_owned();
+    // The username is a device's, the password the site token: a gateway, not a bad password.
     let out = mosquitto_pub(
         &mqtt,
         &[
             "-q",
             "1",
             "-u",
-            "any",
+            &user,
             "-P",
             &token,
             "-t",
