@@ -661,6 +661,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let max = shared.config.max_packet_bytes;
+    let mut read_hint = INITIAL_READ_BUFFER;
     let mut idle_conn = Some(conn);
     let mut in_flight: Option<InFlight<'_, H::Conn>> = None;
     let end = loop {
@@ -672,14 +673,13 @@ where
             if let Err(e) = stream.write_all(wbuf).await {
                 break End::Error(e.to_string());
             }
-            shrink(wbuf);
+            shrink(wbuf, 16 * 1024);
         }
-        // Idle devices dominate: they send a small message every few seconds, so the buffer
-        // starts small and doubles only when a read fills it (a busy publisher reaches
-        // 16 KiB+ after a few reads).
-        if rbuf.capacity() - rbuf.len() < MIN_READ_SPACE {
-            rbuf.reserve(rbuf.capacity().max(INITIAL_READ_BUFFER));
-        }
+        // Idle devices dominate: they send a small message every few seconds, so reads start
+        // small; a read that fills its space doubles the next one (a busy publisher reaches
+        // 64 KiB reads after a few), one that uses less than a quarter halves it.
+        let space = read_hint.max(rbuf.capacity() - rbuf.len());
+        rbuf.reserve(space);
         let read = async {
             match keep_alive {
                 Some(limit) => tokio::time::timeout(limit, stream.read_buf(rbuf))
@@ -707,6 +707,10 @@ where
         match n {
             None => break End::KeepAlive,
             Some(Ok(0)) => break End::Closed,
+            Some(Ok(got)) if got >= space => read_hint = (read_hint * 2).min(MAX_READ_HINT),
+            Some(Ok(got)) if got < read_hint / 4 => {
+                read_hint = (read_hint / 2).max(INITIAL_READ_BUFFER)
+            }
             Some(Ok(_)) => {}
             Some(Err(e)) => break End::Error(e.to_string()),
         }
@@ -785,7 +789,7 @@ where
             }
         }
         if rbuf.is_empty() {
-            shrink(rbuf);
+            shrink(rbuf, 2 * read_hint);
         }
         if !replies.is_empty() {
             // Answers go out in the order the packets came: after the batch in flight.
@@ -891,13 +895,13 @@ enum Reply {
 
 /// Read buffer of a new connection: a CONNECT and a reading or two.
 const INITIAL_READ_BUFFER: usize = 512;
-/// Below this much free space the read buffer grows before the next read.
-const MIN_READ_SPACE: usize = 128;
+/// Largest read a busy publisher grows to.
+const MAX_READ_HINT: usize = 256 * 1024;
 
 /// Buffers that grew for a burst give their memory back when idle: 100,000 idle devices must
 /// not each hold a burst-sized buffer.
-fn shrink(buf: &mut BytesMut) {
-    if buf.is_empty() && buf.capacity() > 16 * 1024 {
+fn shrink(buf: &mut BytesMut, keep: usize) {
+    if buf.is_empty() && buf.capacity() > keep {
         *buf = BytesMut::new();
     } else {
         buf.clear();
