@@ -151,17 +151,41 @@ def run_mosquitto(a, payload, qos, pubs, n, run, work):
            "--publishers", str(pubs), "--qos", str(qos), "--messages", str(n), "--runs", "1",
            "--sink", "rust", "--sink-bin", str(a.sink_bin), "--max-queued", "1000000",
            "--port", str(a.mosquitto_port), "--timeout", str(a.timeout)]
+    if a.pub_inflight:
+        cmd += ["--pub-inflight", str(a.pub_inflight)]
     errlog = work / f"mosquitto-q{qos}-p{pubs}-run{run}.log"
     with open(errlog, "w") as ef:
-        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=ef, text=True,
-                           timeout=a.timeout + 120)
-    for ln in r.stdout.splitlines():
+        # Its own process group: if we are interrupted, the group (mqtt_bench.py, its broker,
+        # sink and publishers) is stopped together instead of orphaning the broker.
+        mp = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=ef, text=True,
+                              start_new_session=True)
+        try:
+            so, _ = mp.communicate(timeout=a.timeout + 120)
+        except BaseException:
+            stop_group(mp)
+            raise
+    for ln in so.splitlines():
         if ln.startswith("{"):
             d = json.loads(ln)
             d.update(tool="mosquitto", run=run, loadavg_after=RB.loadavg())
             return d
     return {"tool": "mosquitto", "run": run, "qos": qos, "publishers": pubs,
-            "error": f"mqtt_bench.py exit {r.returncode}: {errlog.read_text()[-800:]}"}
+            "error": f"mqtt_bench.py exit {mp.returncode}: {errlog.read_text()[-800:]}"}
+
+
+def stop_group(proc):
+    """SIGTERM, then SIGKILL, to the process group this script started with `proc`."""
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        # the leader is gone; members (the broker) may still be alive for a moment
+        time.sleep(0.5)
 
 
 # ---------------------------------------------------------------------------- Wattline
@@ -234,6 +258,15 @@ def run_wattline(a, files, devices, qos, n, run, work, dev_key, lines):
         m0 = RB.metrics(api)
         base = int(m0.get("wattline_mqtt_readings_total", 0))
         out["loadavg_before"] = RB.loadavg()
+        perf = None
+        if a.perf:
+            # Profile the timed window (adds some overhead: the figures of this run are not
+            # comparable with runs without --perf).
+            out["perf_data"] = str(work / f"perf-q{qos}-p{k}-run{run}.data")
+            perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-g",
+                                     "-p", str(p.pid), "-o", out["perf_data"]],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
         smp = TreeCPU(p.pid).start()
         mb0 = machine_busy()
         t0 = time.perf_counter()
@@ -243,7 +276,8 @@ def run_wattline(a, files, devices, qos, n, run, work, dev_key, lines):
             pubs.append(subprocess.Popen(
                 ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(mport), "-t", GATEWAY_TOPIC,
                  "-q", str(qos), "-V", "mqttv311", "-l", "-i", f"bench-pub{i}",
-                 "-u", "bench", "-P", token],
+                 "-u", "bench", "-P", token]
+                + (["-M", str(a.pub_inflight)] if a.pub_inflight else []),
                 stdin=open(f, "rb"), stdout=subprocess.DEVNULL, stderr=ef))
         deadline = time.time() + a.timeout
         t_first = t_done = None
@@ -263,6 +297,13 @@ def run_wattline(a, files, devices, qos, n, run, work, dev_key, lines):
             time.sleep(0.02)
         el = (t_done or time.perf_counter()) - t0
         cpu, mb1 = smp.stop(), machine_busy()
+        if perf is not None:
+            perf.send_signal(signal.SIGINT)
+            try:
+                perf.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                perf.kill()
+                perf.wait(timeout=10)
         out["loadavg_after"] = RB.loadavg()
         pub_deadline = time.time() + 30
         for q in pubs:
@@ -288,6 +329,20 @@ def run_wattline(a, files, devices, qos, n, run, work, dev_key, lines):
             "rejected_total": int(m1.get("wattline_mqtt_rejected_total", -1)),
             "readings_accepted_total": int(m1.get("wattline_readings_accepted_total", -1)),
             "late_total": int(m1.get("wattline_readings_late_total", 0)),
+        })
+        # Group commits, and Engine::write calls (one per connection read with readings) and
+        # their mean time from arrival to durable commit.
+        d = {k: m1.get(k, 0) - m0.get(k, 0) for k in (
+            "wattline_write_batches_total", "wattline_write_latency_seconds_count",
+            "wattline_write_latency_seconds_sum")}
+        commits, writes = int(d["wattline_write_batches_total"]), int(
+            d["wattline_write_latency_seconds_count"])
+        out.update({
+            "commits": commits, "engine_writes": writes,
+            "readings_per_commit": round(stored / commits, 1) if commits else None,
+            "readings_per_write": round(stored / writes, 1) if writes else None,
+            "mean_write_latency_ms": (round(1000 * d["wattline_write_latency_seconds_sum"]
+                                            / writes, 2) if writes else None),
         })
         problems = []
         if not out["complete"]:
@@ -353,8 +408,9 @@ def report(results, configs):
     rows = ["| QoS | publishers | messages | Mosquitto msg/s (delivery) | Mosquitto e2e msg/s | "
             "Mosquitto CPU µs/msg | Wattline msg/s = readings/s (e2e, durable) | "
             "Wattline CPU s | Wattline CPU µs/msg | Wattline / Mosquitto (delivery) | "
-            "Wattline / Mosquitto (e2e) | runs | load 1 min before → after |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "Wattline / Mosquitto (e2e) | Wattline readings per commit / per ingest call, "
+            "mean write latency ms | runs | load 1 min before → after |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     verdicts = []
     for qos, pubs, n in configs:
         mo = [r for r in results if r["tool"] == "mosquitto" and r.get("qos") == qos
@@ -382,7 +438,11 @@ def report(results, configs):
             f"{rng(wrate, ',.0f')}{'' if all(wrate) else ' (incomplete runs!)'} | "
             f"{rng([r['server_cpu_s'] for r in wl], '.2f')} | "
             f"{rng([r['cpu_us_per_msg'] for r in wl], '.2f')} | {rng(ratio, '.2f')} | "
-            f"{rng(ratio_e, '.2f')} | {len(mo)}+{len(wl)} | {load} |")
+            f"{rng(ratio_e, '.2f')} | "
+            f"{rng([r.get('readings_per_commit') for r in wl], ',.0f')} / "
+            f"{rng([r.get('readings_per_write') for r in wl], '.1f')}, "
+            f"{rng([r.get('mean_write_latency_ms') for r in wl], '.1f')} | "
+            f"{len(mo)}+{len(wl)} | {load} |")
         mr = RB.med(ratio)
         if mr is not None:
             ok = mr >= TARGET_RATIO and all(w["complete"] for w in wl)
@@ -412,6 +472,15 @@ def main():
                          "time order, like K gateways; default) or contiguous slices as "
                          "mqtt_bench.py (late readings)")
     ap.add_argument("--payload", default="/tmp/bench/data/mqtt.jsonl")
+    ap.add_argument("--pub-inflight", type=int, default=0,
+                    help="mosquitto_pub -M for both brokers (QoS 1 window; default: the "
+                         "client's own)")
+    ap.add_argument("--perf", action="store_true",
+                    help="perf record -e cpu-clock -g the server during each Wattline window "
+                         "(perf-*.data in the work dir; skews that run's figures)")
+    ap.add_argument("--built-from", default=None,
+                    help="describe the binary under test (e.g. 'git archive of 9ddf299') in "
+                         "place of the working tree's commit and uncommitted files")
     ap.add_argument("--no-mosquitto", action="store_true")
     ap.add_argument("--mosquitto-port", type=int, default=18830)
     ap.add_argument("--sink-bin", default=None,
@@ -532,7 +601,8 @@ def run_all(a, qoss, pubss, stamp, work):
           f"Payload: first N lines of `{payload}` (gen_readings.py JSON, one reading per "
           f"message, ~{sum(map(len, lines[:1000])) / 1000:.0f} bytes); "
           f"{'; '.join(field_notes)}.",
-          f"Publishers: `mosquitto_pub -l -V mqttv311` (libmosquitto default inflight 20 at "
+          f"Publishers: `mosquitto_pub -l -V mqttv311` "
+          f"({f'-M {a.pub_inflight}' if a.pub_inflight else 'its default inflight window'} at "
           f"QoS 1), N = min({a.messages:,}, 60,000 × K) at QoS 1. Wattline lines split "
           f"{'by device (each series in time order)' if a.split == 'device' else 'in slices'}; "
           f"published on `{GATEWAY_TOPIC}` with a site ingest token.",
@@ -542,8 +612,10 @@ def run_all(a, qoss, pubss, stamp, work):
           "`wattline_mqtt_readings_total` = N, i.e. every reading durable); CPU = utime+stime "
           "of the server process over that window. Ratios are per run (same run, same load), "
           "then the median; cells show median (min–max).",
-          f"Wattline {git} + {len(dirty_files)} uncommitted files "
-          f"({', '.join(dirty_files) or 'none'}), build: {build_state}, binary sha256 {sha}…. "
+          (f"Wattline binary built from {a.built_from}" if a.built_from else
+           f"Wattline {git} + {len(dirty_files)} uncommitted files "
+           f"({', '.join(dirty_files) or 'none'})") +
+          f", build: {build_state}, binary sha256 {sha}…. "
           f"Machine: {os.cpu_count()} cores, shared.",
           f"Load: start `{up0}`; end `{up1}`. Total wall time {time.time() - t_start:.0f} s.",
           "", tab, "", "Targets:", *verdicts, ""]

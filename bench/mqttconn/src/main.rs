@@ -1,8 +1,8 @@
 //! mqttconn: many idle-ish MQTT connections against Wattline's built-in broker.
 //!
 //! Opens `--n` connections to `127.0.0.1:--port`, each from one of `--src-addrs` loopback
-//! source addresses (127.0.0.2, 127.0.0.3, ...: one address has only about 28,000 ephemeral
-//! ports). Each sends CONNECT (MQTT 3.1.1, clean session, `--username`, `--password`), waits
+//! source addresses (127.0.0.2, 127.0.0.3, ...; default one per 1,000 connections: one address
+//! has only about 28,000 ephemeral ports, and binding gets slow well before that). Each sends CONNECT (MQTT 3.1.1, clean session, `--username`, `--password`), waits
 //! for a CONNACK, and then publishes one small JSON reading at QoS 0 on `wattline/readings`
 //! every `--interval-s` seconds for device `<prefix><(i % devices) + 1, 4 digits>`. The
 //! publishes of all connections are staggered evenly over the interval. Without publishing
@@ -101,8 +101,11 @@ fn parse_args() -> Cfg {
         usage();
     }
     if c.src_addrs == 0 {
-        // 10,000 connections per source address: far below the ~28,000 ephemeral ports.
-        c.src_addrs = c.n.div_ceil(10_000).max(1);
+        // 1,000 connections per source address. One address has ~28,000 ephemeral ports, but
+        // bind() to port 0 searches them (odd ports first) and gets slow long before they run
+        // out: 19,000 connections over 2 addresses took 28 s, 23 s of it kernel time in
+        // this tool, and 4 s over 20 addresses.
+        c.src_addrs = c.n.div_ceil(1_000).max(1);
     }
     if c.src_addrs > 250 {
         eprintln!("at most 250 source addresses (127.0.0.2 ..= 127.0.0.251)");
@@ -491,11 +494,18 @@ async fn run(cfg: Arc<Cfg>, nofile: u64) {
     let rss_closed = proc_status(pid, "VmRSS:");
     let m3 = metrics(cfg.http_port).await;
     let per_conn = match (rss0, rss1) {
-        (Some(a), Some(b)) if connected > 0 => Some((b as f64 - a as f64) * 1024.0 / connected as f64),
+        (Some(a), Some(b)) if connected > 0 => {
+            Some((b as f64 - a as f64) * 1024.0 / connected as f64)
+        }
         _ => None,
     };
     let pub_rate = (sent2 - sent1) as f64 / window;
-    let first_error = stats.first_error.lock().unwrap().clone().unwrap_or_default();
+    let first_error = stats
+        .first_error
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or_default();
     println!(
         "{{\"phase\":\"result\",\"n\":{},\"connected\":{connected},\"failed\":{},\"refused\":{},\
 \"connect_s\":{connect_s:.2},\"connects_per_s\":{:.0},\"idle_s\":{window:.2},\

@@ -64,6 +64,12 @@
 //!   error with `line == 0` (the body as a whole) and no readings. An array item that is not
 //!   an object is a `bad_json` error for that item only.
 //!
+//! ## Socket meters ([`tcp_meter`])
+//!
+//! JSON objects over a raw TCP stream with no framing (`{"id": 0}` handshakes and
+//! `{"id": "7", "consumption": …, "datetime": …}` readings); see the module for framing,
+//! resynchronisation and how local wall times meet daylight saving time.
+//!
 //! # Partial batches
 //!
 //! **A batch with some bad lines is stored in part**: the good readings are stored and the
@@ -91,6 +97,7 @@ mod fail;
 mod json;
 mod lp;
 pub mod mqtt;
+pub mod tcp_meter;
 
 pub use json::parse_json_readings;
 pub use lp::{parse_line_protocol, Precision};

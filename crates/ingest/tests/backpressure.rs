@@ -116,6 +116,12 @@ impl Store for SlowAppends {
     async fn list_rejected(&self) -> Result<Vec<(String, String)>> {
         self.inner.list_rejected().await
     }
+    async fn set_tcp_enrollment(&self, site: &SiteId, open: bool) -> Result<bool> {
+        self.inner.set_tcp_enrollment(site, open).await
+    }
+    async fn tcp_enrollment_sites(&self) -> Result<Vec<SiteId>> {
+        self.inner.tcp_enrollment_sites().await
+    }
     async fn series_id(&self, device: &DeviceId, channel: &str) -> Result<SeriesId> {
         self.inner.series_id(device, channel).await
     }

@@ -106,6 +106,14 @@ pub trait Store: Send + Sync + 'static {
     /// (format, vendor id) pairs, ordered.
     async fn list_rejected(&self) -> Result<Vec<(String, String)>>;
 
+    // ---- TCP socket meters: whether a site enrolls meters that ask for an id (off unless
+    // an admin opens it; a deleted site takes its setting along)
+    /// Opens or closes enrollment for the site; setting a state twice is harmless. Returns
+    /// false when no such site exists.
+    async fn set_tcp_enrollment(&self, site: &SiteId, open: bool) -> Result<bool>;
+    /// The sites with enrollment open, ordered by id.
+    async fn tcp_enrollment_sites(&self) -> Result<Vec<SiteId>>;
+
     // ---- series
     /// The series of (device, channel), created on first use.
     async fn series_id(&self, device: &DeviceId, channel: &str) -> Result<SeriesId>;

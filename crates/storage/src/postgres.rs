@@ -42,7 +42,7 @@ use crate::{
 
 /// Schema migrations, applied in order; version = index + 1. Never edit an applied one: add a
 /// new entry instead. The rollup columns must stay in [`stat_columns`] order (a test checks).
-pub const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2];
+pub const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3];
 
 macro_rules! rollup_table_ddl {
     ($name:literal) => {
@@ -167,6 +167,15 @@ CREATE TABLE rejected_devices (
 );
 ";
 
+/// Sites that enroll TCP socket meters asking for an id; a row means open. The setting goes
+/// with its site.
+const MIGRATION_3: &str = "
+CREATE TABLE tcp_enrollment (
+    site_id text PRIMARY KEY REFERENCES sites (id) ON DELETE CASCADE,
+    opened_at timestamptz NOT NULL DEFAULT now()
+);
+";
+
 /// The tables this backend owns (partitions of `readings` are found through `pg_inherits`).
 const TABLES: &[&str] = &[
     "schema_migrations",
@@ -182,6 +191,7 @@ const TABLES: &[&str] = &[
     "device_bindings",
     "pending_devices",
     "rejected_devices",
+    "tcp_enrollment",
 ];
 
 /// First keys of the two-key advisory locks; the second key is the schema's hash.
@@ -974,6 +984,37 @@ impl Store for PgStore {
         let rows = client.query(&stmt, &[]).await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    // ---- TCP socket meters
+
+    async fn set_tcp_enrollment(&self, site: &SiteId, open: bool) -> Result<bool> {
+        let client = self.client().await?;
+        // One statement either way, so that "no such site" and the change are one snapshot.
+        let sql = if open {
+            "WITH s AS (SELECT id FROM sites WHERE id = $1),
+                  ins AS (INSERT INTO tcp_enrollment (site_id) SELECT id FROM s
+                          ON CONFLICT (site_id) DO NOTHING)
+             SELECT count(*) FROM s"
+        } else {
+            "WITH s AS (SELECT id FROM sites WHERE id = $1),
+                  del AS (DELETE FROM tcp_enrollment WHERE site_id = $1)
+             SELECT count(*) FROM s"
+        };
+        let stmt = client.prepare_cached(sql).await?;
+        let row = client.query_one(&stmt, &[&site.as_str()]).await?;
+        Ok(row.get::<_, i64>(0) > 0)
+    }
+
+    async fn tcp_enrollment_sites(&self) -> Result<Vec<SiteId>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT site_id FROM tcp_enrollment ORDER BY site_id COLLATE \"C\"")
+            .await?;
+        let rows = client.query(&stmt, &[]).await?;
+        rows.iter()
+            .map(|r| parse_id(SiteId::parse(r.try_get::<_, String>(0)?)))
             .collect()
     }
 

@@ -132,6 +132,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (format, vendor_id)
     ) WITHOUT ROWID;
     "#,
+    // 4: sites that enroll TCP socket meters asking for an id; a row means open. The setting
+    // goes with its site.
+    r#"
+    CREATE TABLE tcp_enrollment (
+        site_id TEXT PRIMARY KEY REFERENCES sites(id) ON DELETE CASCADE,
+        opened_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The rollup tables are generated from the shared column list rather than written out.
@@ -1427,6 +1435,47 @@ impl Store for SqliteStore {
             )?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn set_tcp_enrollment(&self, site: &SiteId, open: bool) -> Result<bool> {
+        let site = site.clone();
+        self.write(move |w| {
+            let exists = w
+                .conn
+                .prepare_cached("SELECT 1 FROM sites WHERE id = ?1")?
+                .exists([site.as_str()])?;
+            if !exists {
+                return Ok(false);
+            }
+            if open {
+                w.conn
+                    .prepare_cached(
+                        "INSERT INTO tcp_enrollment (site_id, opened_at) VALUES (?1, ?2) \
+                         ON CONFLICT (site_id) DO NOTHING",
+                    )?
+                    .execute(params![site.as_str(), TsMs::now().0])?;
+            } else {
+                w.conn
+                    .prepare_cached("DELETE FROM tcp_enrollment WHERE site_id = ?1")?
+                    .execute([site.as_str()])?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn tcp_enrollment_sites(&self) -> Result<Vec<SiteId>> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT site_id FROM tcp_enrollment ORDER BY site_id")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            let mut sites = Vec::new();
+            for id in rows {
+                sites.push(SiteId::parse(id?).map_err(|e| StoreError::Invalid(e.to_string()))?);
+            }
+            Ok(sites)
         })
         .await
     }

@@ -43,6 +43,7 @@ macro_rules! store_suite {
     ($backend:ident, $ctor:expr, $reopenable:expr) => {
         store_suite!(@reopen $backend, $reopenable;
             mqtt_state_survives_reopen,
+            tcp_enrollment_survives_reopen,
         );
         store_suite!(@tests $backend, $ctor;
             sites_crud,
@@ -72,6 +73,7 @@ macro_rules! store_suite {
             device_bindings,
             pending_devices_merge,
             rejected_identities,
+            tcp_enrollment,
         );
     };
     (@reopen $backend:ident, $ctor:expr; $($check:ident),* $(,)?) => {
@@ -1944,5 +1946,81 @@ mod sqlite {
         sqlite,
         crate::sqlite::test_store().await,
         crate::sqlite::reopenable_test_store().await
+    );
+}
+
+/// Enrollment of TCP socket meters is a per-site switch, off by default; a deleted site takes
+/// its setting along.
+pub async fn tcp_enrollment(store: &dyn Store) {
+    assert!(store.tcp_enrollment_sites().await.unwrap().is_empty());
+    assert!(!store
+        .set_tcp_enrollment(&sid("nowhere"), true)
+        .await
+        .unwrap());
+    assert!(!store
+        .set_tcp_enrollment(&sid("nowhere"), false)
+        .await
+        .unwrap());
+    for id in ["b-site", "a-site", "Z-site"] {
+        store.create_site(&site(id)).await.unwrap();
+    }
+    assert!(store.tcp_enrollment_sites().await.unwrap().is_empty());
+    assert!(store
+        .set_tcp_enrollment(&sid("b-site"), true)
+        .await
+        .unwrap());
+    assert!(store
+        .set_tcp_enrollment(&sid("b-site"), true)
+        .await
+        .unwrap());
+    assert!(store
+        .set_tcp_enrollment(&sid("Z-site"), true)
+        .await
+        .unwrap());
+    assert!(store
+        .set_tcp_enrollment(&sid("a-site"), true)
+        .await
+        .unwrap());
+    // Ordered by id, byte-wise (upper case first) on both backends.
+    assert_eq!(
+        store.tcp_enrollment_sites().await.unwrap(),
+        vec![sid("Z-site"), sid("a-site"), sid("b-site")]
+    );
+    assert!(store
+        .set_tcp_enrollment(&sid("a-site"), false)
+        .await
+        .unwrap());
+    assert!(store
+        .set_tcp_enrollment(&sid("a-site"), false)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.tcp_enrollment_sites().await.unwrap(),
+        vec![sid("Z-site"), sid("b-site")]
+    );
+    // An open site can still be deleted, and its setting goes with it.
+    assert!(store.delete_site(&sid("b-site")).await.unwrap());
+    assert_eq!(
+        store.tcp_enrollment_sites().await.unwrap(),
+        vec![sid("Z-site")]
+    );
+    store.create_site(&site("b-site")).await.unwrap();
+    assert_eq!(
+        store.tcp_enrollment_sites().await.unwrap(),
+        vec![sid("Z-site")],
+        "a new site of the same id starts closed"
+    );
+}
+
+/// The enrollment switch is on disk when its call returns.
+pub async fn tcp_enrollment_survives_reopen(store: Arc<dyn Store>, reopen: Reopen) {
+    store.create_site(&site("open")).await.unwrap();
+    store.create_site(&site("closed")).await.unwrap();
+    assert!(store.set_tcp_enrollment(&sid("open"), true).await.unwrap());
+    drop(store);
+    let store = reopen().await;
+    assert_eq!(
+        store.tcp_enrollment_sites().await.unwrap(),
+        vec![sid("open")]
     );
 }

@@ -22,6 +22,9 @@ pub struct Config {
     pub mqtt_broker: Option<String>,
     pub mqtt_broker_ca: Option<PathBuf>,
     pub mqtt_group: String,
+    pub tcp: String,
+    pub tcp_idle_timeout_s: u64,
+    pub tcp_max_connections: usize,
     pub offline_after_s: u64,
     pub data_dir: PathBuf,
     pub database: Option<String>,
@@ -52,6 +55,9 @@ impl Default for Config {
             mqtt_broker: None,
             mqtt_broker_ca: None,
             mqtt_group: "wattline".into(),
+            tcp: "off".into(),
+            tcp_idle_timeout_s: 120,
+            tcp_max_connections: 10_000,
             offline_after_s: 600,
             data_dir: PathBuf::from("wattline-data"),
             database: None,
@@ -84,6 +90,9 @@ pub fn docs() -> &'static [(&'static str, &'static str)] {
         ("mqtt_broker", "`mqtt://user:pass@host:port` or `mqtts://…`: use this external broker (shared subscription) instead of the built-in one."),
         ("mqtt_broker_ca", "PEM CA certificate to verify an `mqtts://` external broker."),
         ("mqtt_group", "Shared-subscription group on the external broker; nodes of one group split the stream."),
+        ("tcp", "Address of the listener for raw TCP socket meters (unframed JSON; e.g. 0.0.0.0:4005; port 0 picks a free port; `off` disables it)."),
+        ("tcp_idle_timeout_s", "A TCP meter connection that sends nothing for this long is closed."),
+        ("tcp_max_connections", "TCP meter connections open at once; more are refused."),
         ("offline_after_s", "A device that sends nothing for this long is shown offline."),
         ("data_dir", "Directory for the embedded database and the generated admin token; created on first start."),
         ("database", "`postgres://user:pass@host:port/db` to store in PostgreSQL instead of the embedded SQLite file."),
@@ -111,6 +120,7 @@ pub struct Overrides {
     pub mqtt: Option<String>,
     pub mqtts: Option<String>,
     pub mqtt_broker: Option<String>,
+    pub tcp: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub database: Option<String>,
     pub log_format: Option<String>,
@@ -181,6 +191,7 @@ impl Config {
         set("mqtt", flags.mqtt.clone());
         set("mqtts", flags.mqtts.clone());
         set("mqtt_broker", flags.mqtt_broker.clone());
+        set("tcp", flags.tcp.clone());
         set(
             "data_dir",
             flags.data_dir.as_ref().map(|p| p.display().to_string()),
@@ -195,6 +206,13 @@ impl Config {
     fn validate(&self) -> anyhow::Result<()> {
         self.http_addr()?;
         self.mqtt_addr()?;
+        self.tcp_addr()?;
+        if self.tcp_idle_timeout_s == 0 {
+            bail!("tcp_idle_timeout_s must be at least 1");
+        }
+        if self.tcp_max_connections == 0 {
+            bail!("tcp_max_connections must be at least 1");
+        }
         if let Some(a) = &self.mqtts {
             parse_addr("mqtts", a)?;
             if self.mqtt_tls_cert.is_none() || self.mqtt_tls_key.is_none() {
@@ -230,6 +248,19 @@ impl Config {
             return Ok(None);
         }
         parse_addr("mqtt", &self.mqtt).map(Some)
+    }
+
+    /// The socket-meter listener's address; `None` when it is off (the default).
+    pub fn tcp_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        if self.tcp == "off" || self.tcp.is_empty() {
+            return Ok(None);
+        }
+        self.tcp.parse().map(Some).with_context(|| {
+            format!(
+                "tcp address {:?} is not host:port (e.g. 0.0.0.0:4005) or off",
+                self.tcp
+            )
+        })
     }
 
     pub fn http_addr(&self) -> anyhow::Result<SocketAddr> {
@@ -358,5 +389,45 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{err:#}").contains("Mars/Olympus"));
+    }
+
+    #[test]
+    fn tcp_listener_is_off_unless_asked_for() {
+        let (c, _) = Config::load(None, &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.tcp_addr().unwrap(), None);
+        let (c, _) = Config::load(
+            None,
+            &env(&[("WATTLINE_TCP", "127.0.0.1:4005")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.tcp_addr().unwrap(),
+            Some("127.0.0.1:4005".parse().unwrap())
+        );
+        let flags = Overrides {
+            tcp: Some("off".into()),
+            ..Default::default()
+        };
+        let (c, _) =
+            Config::load(None, &env(&[("WATTLINE_TCP", "127.0.0.1:4005")]), &flags).unwrap();
+        assert_eq!(c.tcp_addr().unwrap(), None, "the flag wins");
+        let err = Config::load(
+            None,
+            &env(&[("WATTLINE_TCP", "port 4005")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("tcp address"), "{err:#}");
+        let err = Config::load(
+            None,
+            &env(&[("WATTLINE_TCP_MAX_CONNECTIONS", "0")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("tcp_max_connections"),
+            "{err:#}"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The `wattline` binary: parses the command line and hands over to the library crates.
 
 mod config;
+mod demo;
 mod import;
 mod serve;
 
@@ -24,11 +25,17 @@ struct Cli {
 enum Command {
     /// Start the server.
     Serve(ServeArgs),
+    /// Start the server with a simulated site (a home, a three-phase building, a mining farm);
+    /// takes `serve`'s flags and picks free ports where the default ones are taken.
+    Demo(ServeArgs),
     /// Print every configuration option with its default, as TOML with comments.
     Config,
     /// Backfill historical readings (CSV or line protocol) into a running server; running it
     /// twice stores each reading once.
     Import(ImportCli),
+    /// Simulated meters (households, three-phase buildings, mining rigs) sending to a server
+    /// over HTTP, MQTT or TCP, with store-and-forward.
+    Simulate(Box<wattline_simulator::cli::SimulateArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -48,6 +55,9 @@ struct ServeArgs {
     /// External broker instead of the built-in one: mqtt://user:pass@host:port or mqtts://…
     #[arg(long)]
     mqtt_broker: Option<String>,
+    /// Listener for raw TCP socket meters, e.g. 0.0.0.0:4005 (port 0 picks a free one; off by default).
+    #[arg(long)]
+    tcp: Option<String>,
     /// Data directory (embedded database, generated admin token).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -78,29 +88,50 @@ struct ImportCli {
     precision: Option<String>,
 }
 
+/// The layered configuration of `serve` and `demo`, with logging set up; also says which
+/// addresses were given explicitly (the demo keeps those even when taken).
+fn load_config(args: ServeArgs) -> anyhow::Result<(config::Config, demo::Chosen)> {
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let chosen = demo::Chosen {
+        http: args.http.is_some() || env.contains_key("WATTLINE_HTTP"),
+        mqtt: args.mqtt.is_some() || env.contains_key("WATTLINE_MQTT"),
+        tcp: args.tcp.is_some() || env.contains_key("WATTLINE_TCP"),
+    };
+    let flags = config::Overrides {
+        http: args.http,
+        mqtt: args.mqtt,
+        mqtts: args.mqtts,
+        mqtt_broker: args.mqtt_broker,
+        tcp: args.tcp,
+        data_dir: args.data_dir,
+        database: args.database,
+        log_format: args.log_format,
+    };
+    let (config, warnings) = config::Config::load(args.config.as_deref(), &env, &flags)?;
+    serve::init_logging(&config);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    Ok((config, chosen))
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            let env: std::collections::HashMap<String, String> = std::env::vars().collect();
-            let flags = config::Overrides {
-                http: args.http,
-                mqtt: args.mqtt,
-                mqtts: args.mqtts,
-                mqtt_broker: args.mqtt_broker,
-                data_dir: args.data_dir,
-                database: args.database,
-                log_format: args.log_format,
-            };
-            let (config, warnings) = config::Config::load(args.config.as_deref(), &env, &flags)?;
-            serve::init_logging(&config);
-            for w in warnings {
-                tracing::warn!("{w}");
-            }
+            let (config, _) = load_config(args)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
             runtime.block_on(serve::run(config))
+        }
+        Command::Demo(args) => {
+            let (config, chosen) = load_config(args)?;
+            let (config, token) = demo::prepare(config, chosen)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(demo::run(config, token))
         }
         Command::Import(args) => {
             let summary = import::run(&import::ImportArgs {
@@ -113,6 +144,13 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&summary)?);
             if summary.rejected > 0 {
                 std::process::exit(2);
+            }
+            Ok(())
+        }
+        Command::Simulate(args) => {
+            let code = wattline_simulator::cli::main(&args)?;
+            if code != 0 {
+                std::process::exit(code);
             }
             Ok(())
         }

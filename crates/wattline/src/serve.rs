@@ -59,24 +59,30 @@ async fn open_store(config: &Config) -> anyhow::Result<DynStore> {
 /// The admin token's hash: from the configuration, else from `<data_dir>/admin-token`,
 /// generated there on first start and readable by the owner only.
 fn admin_token_hash(config: &Config) -> anyhow::Result<String> {
+    Ok(auth::hash_token(&admin_token(config)?))
+}
+
+/// The admin token itself: configured, or read from `<data_dir>/admin-token`, or generated
+/// there (mode 600) on first start.
+pub fn admin_token(config: &Config) -> anyhow::Result<String> {
     if let Some(token) = config.admin_token.as_ref().filter(|t| !t.is_empty()) {
         anyhow::ensure!(
             token.len() >= 16,
             "admin_token must be at least 16 characters"
         );
-        return Ok(auth::hash_token(token));
+        return Ok(token.clone());
     }
     let path = config.data_dir.join("admin-token");
     if path.exists() {
         let token = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         tracing::info!(path = %path.display(), "admin token read from file");
-        return Ok(auth::hash_token(token.trim()));
+        return Ok(token.trim().to_owned());
     }
     let token = auth::new_token("wla");
     write_private(&path, &token)?;
     tracing::warn!(path = %path.display(), "generated an admin token; read it from this file (mode 600)");
-    Ok(auth::hash_token(&token))
+    Ok(token)
 }
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -168,6 +174,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let tcp_listener = match config.tcp_addr()? {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen for TCP meters on {addr} (port {} in use?); choose another with --tcp ADDR or WATTLINE_TCP, or turn the listener off with --tcp off", addr.port())
+        })?),
+        None => None,
+    };
     let store = open_store(&config).await?;
     ensure_default_site(&store, &config.timezone).await?;
     let admin_token_hash = admin_token_hash(&config)?;
@@ -258,10 +270,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Some(broker)
         }
     };
+    let tcp_metrics = match tcp_listener {
+        Some(listener) => {
+            let tcp_config = wattline_tcp::TcpConfig {
+                idle_timeout: Duration::from_secs(config.tcp_idle_timeout_s),
+                max_connections: config.tcp_max_connections,
+                ..Default::default()
+            };
+            let meters =
+                wattline_tcp::TcpMeters::new(engine.clone(), limits.clone(), tcp_config).await?;
+            let stats = meters.stats();
+            let bound = listener.local_addr()?;
+            tracing::info!(tcp_addr = %bound, "Wattline TCP meters listening on tcp://{bound}");
+            mqtt_tasks.push(tokio::spawn(meters.serve(listener, stop_rx.clone())));
+            // Only the counters: a handle on the engine here would outlive shutdown.
+            Some(Arc::new(move || stats.render()) as _)
+        }
+        None => None,
+    };
     let state = AppState {
         engine,
         hub,
         broker_metrics: broker.map(|b| Arc::new(move || b.stats().render()) as _),
+        tcp_metrics,
         admin_token_hash: admin_token_hash.into(),
         limits: Arc::new(limits),
         max_body_bytes: config.max_body_bytes,
@@ -271,8 +302,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let bound = listener.local_addr()?;
     tracing::info!(http_addr = %bound, "Wattline HTTP API listening on http://{bound}");
     wattline_web::serve(listener, state, shutdown_signal()).await?;
-    // MQTT stops after HTTP: acknowledged messages are already durable, and the engine's
-    // shutdown below flushes the rest.
+    // MQTT and TCP meters stop after HTTP: acknowledged messages are already durable, and the
+    // engine's shutdown below flushes the rest.
     let _ = stop_tx.send(true);
     for t in mqtt_tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;

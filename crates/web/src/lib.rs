@@ -8,6 +8,7 @@ pub mod ingest;
 pub mod mqtt;
 pub mod openapi;
 pub mod query;
+pub mod tcp;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub hub: Arc<wattline_mqtt::Hub>,
     /// The built-in broker's metrics, when it runs.
     pub broker_metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// The TCP socket-meter listener's metrics, when it runs.
+    pub tcp_metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     /// SHA-256 of the admin token; the token itself is not kept in memory longer than startup.
     pub admin_token_hash: Arc<str>,
     pub limits: Arc<Limits>,
@@ -58,6 +61,10 @@ pub fn router(state: AppState) -> Router {
             get(admin::get_site)
                 .patch(admin::patch_site)
                 .delete(admin::delete_site),
+        )
+        .route(
+            "/api/v1/sites/{id}/tcp-enrollment",
+            get(tcp::get_enrollment).put(tcp::set_enrollment),
         )
         .route(
             "/api/v1/sites/{id}/tokens",
@@ -129,6 +136,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
         text.push_str(&state.hub.render_metrics());
         if let Some(broker) = &state.broker_metrics {
             text.push_str(&broker());
+        }
+        if let Some(tcp) = &state.tcp_metrics {
+            text.push_str(&tcp());
         }
         text
     })

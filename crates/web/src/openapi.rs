@@ -41,6 +41,7 @@ fn admin_errors(mut responses: Value) -> Value {
 pub fn spec() -> Value {
     let device_id = path_id("id", "Device id");
     let site_id = path_id("id", "Site id");
+    let site_id_tcp = site_id.clone();
     let range = [
         time_param("from", "Start, inclusive"),
         time_param("to", "End, exclusive"),
@@ -49,7 +50,7 @@ pub fn spec() -> Value {
         .iter()
         .map(|q| q.field())
         .collect();
-    json!({
+    let mut doc = json!({
       "openapi": "3.0.3",
       "info": {
         "title": "Wattline API",
@@ -228,7 +229,26 @@ pub fn spec() -> Value {
             query("format", "Only csv", json!({"type": "string", "enum": ["csv"]}))],
           "responses": admin_errors(json!({"200": {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}}, "404": err("No such device")}))}}
       }
-    })
+    });
+    add_tcp(&mut doc, site_id_tcp);
+    doc
+}
+
+/// TCP socket-meter enrollment; added apart from the big literal, whose macro expansion is at
+/// the compiler's recursion limit.
+fn add_tcp(doc: &mut Value, site_id: Value) {
+    doc["components"]["schemas"]["TcpEnrollment"] = json!({"type": "object", "properties": {
+        "site": {"type": "string"}, "open": {"type": "boolean"}}});
+    doc["paths"]["/api/v1/sites/{id}/tcp-enrollment"] = json!({
+      "parameters": [site_id],
+      "get": {"summary": "Whether the site enrolls TCP socket meters that ask for an id",
+        "responses": admin_errors(json!({"200": ok_json("Enrollment", json!({"$ref": "#/components/schemas/TcpEnrollment"})), "404": err("No such site")}))},
+      "put": {"summary": "Open or close enrollment of TCP socket meters in this site (off by default)",
+        "description": "While open, a meter that sends {\"id\": 0} to the --tcp listener becomes device tcp-<n> of this site (the first open site by id, if several are) and is answered <n>. Close it once the meters are installed: the protocol has no credentials.",
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["open"],
+          "additionalProperties": false, "properties": {"open": {"type": "boolean"}}}}}},
+        "responses": admin_errors(json!({"200": ok_json("Enrollment", json!({"$ref": "#/components/schemas/TcpEnrollment"})), "404": err("No such site")}))}
+    });
 }
 
 pub async fn document() -> Json<Value> {

@@ -1,6 +1,7 @@
 //! Black-box tests: the built `wattline` binary, real SQLite files, a real PostgreSQL, HTTP.
 
 mod admin;
+mod demo;
 mod durability;
 mod energy;
 mod import;
@@ -8,4 +9,6 @@ mod ingest;
 mod mqtt;
 mod postgres;
 mod query;
+mod simulate;
 mod support;
+mod tcp;

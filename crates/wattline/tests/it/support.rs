@@ -77,6 +77,8 @@ pub struct TestServer {
     pub base: String,
     /// `127.0.0.1:port` of the built-in MQTT broker, when it runs.
     pub mqtt: Option<String>,
+    /// `127.0.0.1:port` of the TCP socket-meter listener, when `--tcp` started it.
+    pub tcp: Option<String>,
     pub data_dir: PathBuf,
     pub options: Options,
     log: Arc<Mutex<String>>,
@@ -117,7 +119,13 @@ impl TestServer {
 
     fn launch(options: Options, data_dir: PathBuf, tmp: Arc<tempfile::TempDir>) -> TestServer {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wattline"));
-        cmd.args(["serve", "--http", "127.0.0.1:0", "--data-dir"])
+        cmd.arg("serve");
+        // Fixed ports (`--http` in the options) let a restarted server be found where clients
+        // (the simulator) keep reconnecting.
+        if !options.args.iter().any(|a| a == "--http") {
+            cmd.args(["--http", "127.0.0.1:0"]);
+        }
+        cmd.arg("--data-dir")
             .arg(&data_dir)
             .env("WATTLINE_ADMIN_TOKEN", ADMIN)
             .env("WATTLINE_ROLLUP_FLUSH_MS", "300")
@@ -146,7 +154,7 @@ impl TestServer {
         let log2 = log.clone();
         let log_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                for scheme in ["mqtt", "http"] {
+                for scheme in ["mqtt", "tcp", "http"] {
                     if let Some(rest) = line.split(&format!("listening on {scheme}://")).nth(1) {
                         // Text or JSON logs: the address ends where host:port characters end.
                         let addr: String = rest
@@ -165,9 +173,11 @@ impl TestServer {
         });
         // The broker is announced before the HTTP API, which comes last.
         let mut mqtt = None;
+        let mut tcp = None;
         let addr = loop {
             match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(("http", a)) => break a,
+                Ok(("tcp", a)) => tcp = Some(a),
                 Ok((_, a)) => mqtt = Some(a),
                 Err(_) => {
                     let _ = child.kill();
@@ -184,6 +194,7 @@ impl TestServer {
             child: Some(child),
             base: format!("http://{addr}"),
             mqtt,
+            tcp,
             data_dir,
             options,
             log,
@@ -238,10 +249,12 @@ impl TestServer {
                 self.join_log_reader();
                 return s;
             }
-            assert!(
-                Instant::now() < deadline,
-                "server did not stop after SIGTERM"
-            );
+            if Instant::now() > deadline {
+                // Do not leave it running for the rest of the suite.
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("server did not stop after SIGTERM");
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -289,6 +302,7 @@ impl TestServer {
                 let mut r = match m {
                     "POST" => self.agent.post(&url),
                     "PATCH" => self.agent.patch(&url),
+                    "PUT" => self.agent.put(&url),
                     other => panic!("method {other}"),
                 };
                 if let Some(a) = &auth {
@@ -331,6 +345,15 @@ impl TestServer {
     pub fn patch_json(&self, path: &str, token: Option<&str>, body: &Value) -> Reply {
         self.send(
             "PATCH",
+            path,
+            token,
+            Some(("application/json", body.to_string().into_bytes())),
+        )
+    }
+
+    pub fn put_json(&self, path: &str, token: Option<&str>, body: &Value) -> Reply {
+        self.send(
+            "PUT",
             path,
             token,
             Some(("application/json", body.to_string().into_bytes())),
@@ -415,6 +438,15 @@ impl Drop for TestServer {
             eprintln!("---- wattline log ----\n{}", self.log());
         }
     }
+}
+
+/// A loopback port free right now (bind to port 0, read it, release it), for servers that must
+/// come back on the same port after a restart.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
 }
 
 /// Unix seconds of an RFC 3339 instant.
