@@ -20,7 +20,7 @@ pub fn parse_device_id(id: &str) -> ApiResult<DeviceId> {
     DeviceId::parse(id).map_err(|e| ApiError::bad_request("bad_id", e.to_string()))
 }
 
-fn parse_site_id(id: &str) -> ApiResult<SiteId> {
+pub fn parse_site_id(id: &str) -> ApiResult<SiteId> {
     SiteId::parse(id).map_err(|e| ApiError::bad_request("bad_id", e.to_string()))
 }
 

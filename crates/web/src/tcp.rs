@@ -5,9 +5,8 @@ use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use wattline_domain::SiteId;
 
-use crate::admin::parse_body;
+use crate::admin::{parse_body, parse_site_id};
 use crate::auth::require_admin;
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
@@ -18,10 +17,6 @@ struct Enrollment {
     open: bool,
 }
 
-fn site_id(id: &str) -> ApiResult<SiteId> {
-    SiteId::parse(id).map_err(|e| ApiError::bad_request("bad_id", e.to_string()))
-}
-
 /// `PUT /api/v1/sites/{id}/tcp-enrollment` with `{"open": true|false}`.
 pub async fn set_enrollment(
     State(state): State<AppState>,
@@ -30,7 +25,7 @@ pub async fn set_enrollment(
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
     require_admin(&state, &headers).await?;
-    let site = site_id(&id)?;
+    let site = parse_site_id(&id)?;
     let Enrollment { open } = parse_body(&body)?;
     if !state.engine.store().set_tcp_enrollment(&site, open).await? {
         return Err(ApiError::not_found(format!("site {site}")));
@@ -46,7 +41,7 @@ pub async fn get_enrollment(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     require_admin(&state, &headers).await?;
-    let site = site_id(&id)?;
+    let site = parse_site_id(&id)?;
     let store = state.engine.store();
     if store.get_site(&site).await?.is_none() {
         return Err(ApiError::not_found(format!("site {site}")));

@@ -18,6 +18,24 @@ pub use tcp::{enroll as tcp_enroll, TcpConfig, TcpSink};
 
 use crate::record::Record;
 
+/// The records of `batch` not acknowledged yet, per device in order of first appearance, each
+/// device's indices in log order: per-device sinks send each list over its own connection.
+pub(crate) fn unacked_per_device(batch: &[Record], acked: &[bool]) -> Vec<(u32, Vec<usize>)> {
+    let mut per_device: Vec<(u32, Vec<usize>)> = Vec::new();
+    let mut slot: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
+    for (i, r) in batch.iter().enumerate() {
+        if acked[i] {
+            continue;
+        }
+        let k = *slot.entry(r.device).or_insert_with(|| {
+            per_device.push((r.device, Vec::new()));
+            per_device.len() - 1
+        });
+        per_device[k].1.push(i);
+    }
+    per_device
+}
+
 /// What an acknowledged attempt reported.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery {

@@ -166,18 +166,7 @@ impl Sink for TcpSink {
         acked: &'a mut [bool],
     ) -> impl std::future::Future<Output = Result<Delivery, SinkError>> + Send + 'a {
         async move {
-            let mut per_device: Vec<(u32, Vec<usize>)> = Vec::new();
-            let mut slot: HashMap<u32, usize> = HashMap::new();
-            for (i, r) in batch.iter().enumerate() {
-                if acked[i] {
-                    continue;
-                }
-                let k = *slot.entry(r.device).or_insert_with(|| {
-                    per_device.push((r.device, Vec::new()));
-                    per_device.len() - 1
-                });
-                per_device[k].1.push(i);
-            }
+            let per_device = super::unacked_per_device(batch, acked);
             let mut jobs = Vec::with_capacity(per_device.len());
             for (device, idx) in per_device {
                 let Some(id) = self.cfg.ids.get(&device) else {
