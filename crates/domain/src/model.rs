@@ -52,23 +52,3 @@ impl Reading {
         }
     }
 }
-
-/// Who is acting: the admin, a site's credential (a gateway writing for any device of its
-/// site), or one device. HTTP tokens and MQTT credentials both resolve to one of these.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Principal {
-    Admin,
-    Site(SiteId),
-    Device(DeviceId),
-}
-
-impl Principal {
-    /// Whether this caller may write readings of `device` (which belongs to `site`).
-    pub fn may_write(&self, device: &DeviceId, site: &SiteId) -> bool {
-        match self {
-            Principal::Admin => true,
-            Principal::Site(s) => s == site,
-            Principal::Device(d) => d == device,
-        }
-    }
-}

@@ -393,6 +393,8 @@ impl Hub {
         match who {
             Principal::Admin | Principal::Site(_) => true,
             Principal::Device(device) => self.owns_topic(device, topic),
+            // Users sign in to the web, not to the broker; `authenticate` never yields one.
+            Principal::User(_) => false,
         }
     }
 
@@ -409,7 +411,7 @@ impl Hub {
     pub fn may_subscribe(&self, who: &Principal, filter: &str) -> bool {
         match who {
             Principal::Admin => true,
-            Principal::Site(_) => false,
+            Principal::Site(_) | Principal::User(_) => false,
             Principal::Device(device) => {
                 is_command_filter(filter)
                     && !identity_has_wildcard(filter)

@@ -22,7 +22,10 @@ pub mod types;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use wattline_domain::{BucketTier, Device, DeviceId, Point, SeriesId, Site, SiteId, TsMs};
+use wattline_domain::{
+    ApiToken, AuditEvent, BucketTier, Device, DeviceId, Email, Point, SeriesId, Session, Site,
+    SiteId, TsMs, User, UserId,
+};
 
 pub use error::StoreError;
 pub use types::*;
@@ -113,6 +116,61 @@ pub trait Store: Send + Sync + 'static {
     async fn set_tcp_enrollment(&self, site: &SiteId, open: bool) -> Result<bool>;
     /// The sites with enrollment open, ordered by id.
     async fn tcp_enrollment_sites(&self) -> Result<Vec<SiteId>>;
+
+    // ---- users: people who log in. Passwords are kept only as argon2 PHC strings, hashed
+    // by the caller; a user's sites are a set (deleting a site removes it from every user).
+    /// Fails with [`StoreError::Conflict`] when the id or the e-mail is taken, and with
+    /// [`StoreError::Invalid`] when one of `user.sites` does not exist.
+    async fn create_user(&self, user: &User, password_hash: &str) -> Result<()>;
+    /// The user and their password hash.
+    async fn get_user(&self, id: &UserId) -> Result<Option<(User, String)>>;
+    async fn user_by_email(&self, email: &Email) -> Result<Option<(User, String)>>;
+    /// Every user, ordered by e-mail.
+    async fn list_users(&self) -> Result<Vec<User>>;
+    /// Replaces e-mail, role, sites and the disabled flag. Returns false when no such user
+    /// exists; fails like `create_user` on a taken e-mail or an unknown site.
+    async fn update_user(&self, user: &User) -> Result<bool>;
+    async fn set_user_password(&self, id: &UserId, password_hash: &str) -> Result<bool>;
+    /// Deletes the user with their sessions and API tokens.
+    async fn delete_user(&self, id: &UserId) -> Result<bool>;
+    async fn count_users(&self) -> Result<u64>;
+
+    // ---- browser sessions, keyed by the hash of the cookie value
+    async fn create_session(&self, session: &Session) -> Result<()>;
+    async fn get_session(&self, id_hash: &str) -> Result<Option<Session>>;
+    /// Records a use: moves `last_seen_at` and `expires_at`. False when the session is gone.
+    async fn touch_session(
+        &self,
+        id_hash: &str,
+        last_seen_at: TsMs,
+        expires_at: TsMs,
+    ) -> Result<bool>;
+    async fn delete_session(&self, id_hash: &str) -> Result<bool>;
+    /// Ends every session of the user but `keep` (the one changing its password); returns how
+    /// many ended.
+    async fn delete_user_sessions(&self, user: &UserId, keep: Option<&str>) -> Result<u64>;
+    /// The user's sessions, newest first.
+    async fn list_user_sessions(&self, user: &UserId) -> Result<Vec<Session>>;
+    /// Drops sessions whose `expires_at <= now`; returns how many.
+    async fn purge_sessions(&self, now: TsMs) -> Result<u64>;
+
+    // ---- API tokens of users, stored as the hash of the token
+    /// Fails with [`StoreError::Conflict`] on a taken id, [`StoreError::Invalid`] for an
+    /// unknown user.
+    async fn create_api_token(&self, token: &ApiToken, token_hash: &str) -> Result<()>;
+    async fn api_token_by_hash(&self, token_hash: &str) -> Result<Option<ApiToken>>;
+    /// The tokens of one user, or of everyone with `None`; newest first.
+    async fn list_api_tokens(&self, user: Option<&UserId>) -> Result<Vec<ApiToken>>;
+    async fn get_api_token(&self, id: &str) -> Result<Option<ApiToken>>;
+    async fn delete_api_token(&self, id: &str) -> Result<bool>;
+    /// Records a use (coarsely: callers touch at most every few minutes).
+    async fn touch_api_token(&self, id: &str, used_at: TsMs) -> Result<()>;
+
+    // ---- audit log: append-only
+    /// Stores the event and returns the id it got (ids grow with insertion order).
+    async fn append_audit(&self, event: &AuditEvent) -> Result<i64>;
+    /// Matching events, newest first, at most `query.limit`.
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
 
     // ---- series
     /// The series of (device, channel), created on first use.

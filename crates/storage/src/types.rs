@@ -125,3 +125,20 @@ pub struct MaintenanceReport {
     pub chunks_compacted: u64,
     pub partitions_created: u64,
 }
+
+/// Which audit events to list. Every filter is optional; `limit` is required so a listing is
+/// always bounded.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AuditQuery {
+    /// Only events with `ts >= from`.
+    pub from: Option<TsMs>,
+    /// Only events with `ts < to`.
+    pub to: Option<TsMs>,
+    /// Only events whose actor is exactly this.
+    pub actor: Option<String>,
+    /// Only events with this action.
+    pub action: Option<String>,
+    /// Only events with `id < before_id`: the next page of a newest-first listing.
+    pub before_id: Option<i64>,
+    pub limit: usize,
+}
