@@ -4,6 +4,7 @@ mod config;
 mod demo;
 mod import;
 mod serve;
+mod user;
 
 use std::path::PathBuf;
 
@@ -33,6 +34,9 @@ enum Command {
     /// Backfill historical readings (CSV or line protocol) into a running server; running it
     /// twice stores each reading once.
     Import(ImportCli),
+    /// Manage user accounts on the server's storage (the first admin is added this way).
+    #[command(subcommand)]
+    User(UserCommand),
     /// Simulated meters (households, three-phase buildings, mining rigs) sending to a server
     /// over HTTP, MQTT or TCP, with store-and-forward.
     Simulate(Box<wattline_simulator::cli::SimulateArgs>),
@@ -67,6 +71,62 @@ struct ServeArgs {
     /// Log format: text or json.
     #[arg(long)]
     log_format: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user. The password is prompted twice, or read from the first line of stdin when
+    /// stdin is not a terminal (or with --password-stdin).
+    Add {
+        /// Login e-mail address.
+        email: String,
+        /// admin, owner or viewer.
+        #[arg(long)]
+        role: String,
+        /// A site the owner or viewer may see (repeat for several).
+        #[arg(long = "site")]
+        sites: Vec<String>,
+        /// Read the password from stdin even on a terminal.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// List users as JSON lines.
+    List {
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+}
+
+/// Where the data is, as for `serve`.
+#[derive(Args, Debug)]
+struct StorageArgs {
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (embedded database).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// PostgreSQL URL instead of the embedded store.
+    #[arg(long)]
+    database: Option<String>,
+}
+
+impl StorageArgs {
+    fn into_serve_args(self) -> ServeArgs {
+        ServeArgs {
+            config: self.config,
+            http: None,
+            mqtt: None,
+            mqtts: None,
+            mqtt_broker: None,
+            tcp: None,
+            data_dir: self.data_dir,
+            database: self.database,
+            log_format: None,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -146,6 +206,35 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(2);
             }
             Ok(())
+        }
+        Command::User(command) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            match command {
+                UserCommand::Add {
+                    email,
+                    role,
+                    sites,
+                    password_stdin,
+                    storage,
+                } => {
+                    let (config, _) = load_config(storage.into_serve_args())?;
+                    runtime.block_on(user::add(
+                        &config,
+                        user::AddArgs {
+                            email,
+                            role,
+                            sites,
+                            password_stdin,
+                        },
+                    ))
+                }
+                UserCommand::List { storage } => {
+                    let (config, _) = load_config(storage.into_serve_args())?;
+                    runtime.block_on(user::list(&config))
+                }
+            }
         }
         Command::Simulate(args) => {
             let code = wattline_simulator::cli::main(&args)?;

@@ -32,7 +32,7 @@ pub fn init_logging(config: &Config) {
     }
 }
 
-async fn open_store(config: &Config) -> anyhow::Result<DynStore> {
+pub async fn open_store(config: &Config) -> anyhow::Result<DynStore> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     match &config.database {
@@ -102,7 +102,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn ensure_default_site(store: &DynStore, timezone: &str) -> anyhow::Result<()> {
+pub async fn ensure_default_site(store: &DynStore, timezone: &str) -> anyhow::Result<()> {
     let site = Site {
         id: SiteId::parse(DEFAULT_SITE).expect("valid id"),
         name: "Default site".into(),
@@ -112,6 +112,22 @@ async fn ensure_default_site(store: &DynStore, timezone: &str) -> anyhow::Result
     match store.create_site(&site).await {
         Ok(()) | Err(StoreError::Conflict(_)) => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Drops ended browser sessions hourly; an ended session is refused anyway, this only keeps
+/// the table small.
+async fn purge_sessions(store: DynStore, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => match store.purge_sessions(TsMs::now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(sessions = n, "expired sessions purged"),
+                Err(e) => tracing::warn!(error = %e, "purging expired sessions failed"),
+            },
+            _ = stop.changed() => return,
+        }
     }
 }
 
@@ -270,6 +286,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Some(broker)
         }
     };
+    mqtt_tasks.push(tokio::spawn(purge_sessions(
+        engine.store().clone(),
+        stop_rx.clone(),
+    )));
     let tcp_metrics = match tcp_listener {
         Some(listener) => {
             let tcp_config = wattline_tcp::TcpConfig {
@@ -298,6 +318,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_body_bytes: config.max_body_bytes,
         default_site: DEFAULT_SITE.into(),
         default_timezone: config.timezone.clone(),
+        throttle: Default::default(),
+        secure_cookies: false,
     };
     let bound = listener.local_addr()?;
     tracing::info!(http_addr = %bound, "Wattline HTTP API listening on http://{bound}");

@@ -1,9 +1,10 @@
-//! Administration: sites, devices and their tokens. Admin token only, until user accounts.
+//! Administration: sites, devices and their tokens. Admins manage everything; owners manage
+//! the sites assigned to them and their devices; viewers only read.
 
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -12,7 +13,7 @@ use wattline_domain::time::parse_zone;
 use wattline_domain::{Device, DeviceId, Site, SiteId, TsMs};
 use wattline_storage::IngestToken;
 
-use crate::auth::{hash_token, new_token, require_admin};
+use crate::auth::{audit, hash_token, new_token, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
@@ -30,7 +31,7 @@ fn check_zone(tz: &str) -> ApiResult<()> {
         .map_err(|e| ApiError::bad_request("bad_timezone", e))
 }
 
-fn check_name(name: &str) -> ApiResult<()> {
+pub fn check_name(name: &str) -> ApiResult<()> {
     if name.trim().is_empty() || name.chars().count() > 200 {
         return Err(ApiError::bad_request(
             "bad_name",
@@ -40,24 +41,6 @@ fn check_name(name: &str) -> ApiResult<()> {
     Ok(())
 }
 
-async fn site_or_404(state: &AppState, id: &SiteId) -> ApiResult<Site> {
-    state
-        .engine
-        .store()
-        .get_site(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("site {id}")))
-}
-
-async fn device_or_404(state: &AppState, id: &DeviceId) -> ApiResult<Device> {
-    state
-        .engine
-        .store()
-        .get_device(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("device {id}")))
-}
-
 /// A JSON body, with a clear error when it is not the expected shape.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(body)
@@ -65,7 +48,7 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
 }
 
 /// A random identifier for objects created without one.
-fn generated_id(prefix: &str) -> String {
+pub fn generated_id(prefix: &str) -> String {
     let token = new_token(prefix);
     token[..prefix.len() + 13].to_owned()
 }
@@ -89,10 +72,10 @@ struct SitePatch {
 
 pub async fn create_site(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
-    require_admin(&state, &headers).await?;
+    caller.require_admin(true)?;
     let new: NewSite = parse_body(&body)?;
     check_name(&new.name)?;
     let timezone = new
@@ -108,7 +91,14 @@ pub async fn create_site(
     };
     state.engine.store().create_site(&site).await?;
     state.engine.registry().put_site(&site);
+    audit_site(&state, &caller, "site_created", &site).await;
     Ok((StatusCode::CREATED, Json(site_json(&site))).into_response())
+}
+
+async fn audit_site(state: &AppState, caller: &Caller, action: &str, site: &Site) {
+    let detail = json!({"name": site.name, "timezone": site.timezone});
+    let target = format!("site:{}", site.id);
+    audit(state, &caller.actor(), &caller.address, action, &target, detail).await;
 }
 
 fn site_json(site: &Site) -> Value {
@@ -117,35 +107,39 @@ fn site_json(site: &Site) -> Value {
 
 pub async fn list_sites(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<Value>> {
-    require_admin(&state, &headers).await?;
+    caller.require_reader()?;
     let sites = state.engine.store().list_sites().await?;
-    Ok(Json(Value::Array(sites.iter().map(site_json).collect())))
+    Ok(Json(Value::Array(
+        sites
+            .iter()
+            .filter(|s| caller.principal.may_read_site(&s.id))
+            .map(site_json)
+            .collect(),
+    )))
 }
 
 pub async fn get_site(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    require_admin(&state, &headers).await?;
     let id = parse_site_id(&id)?;
-    let site = site_or_404(&state, &id).await?;
+    let site = caller.readable_site(&state, &id).await?;
     Ok(Json(site_json(&site)))
 }
 
 pub async fn patch_site(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
-    require_admin(&state, &headers).await?;
     let id = parse_site_id(&id)?;
+    let mut site = caller.manageable_site(&state, &id).await?;
     let patch: SitePatch = parse_body(&body)?;
     let store = state.engine.store();
-    let mut site = site_or_404(&state, &id).await?;
     if let Some(name) = patch.name {
         check_name(&name)?;
         site.name = name;
@@ -156,21 +150,23 @@ pub async fn patch_site(
     }
     store.update_site(&site).await?;
     state.engine.registry().put_site(&site);
+    audit_site(&state, &caller, "site_updated", &site).await;
     Ok(Json(site_json(&site)))
 }
 
 pub async fn delete_site(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    require_admin(&state, &headers).await?;
     let id = parse_site_id(&id)?;
+    let site = caller.readable_site(&state, &id).await?;
+    caller.require_admin(true)?;
     let store = state.engine.store();
-    site_or_404(&state, &id).await?;
     match store.delete_site(&id).await {
         Ok(_) => {
             state.engine.registry().remove_site(&id);
+            audit_site(&state, &caller, "site_deleted", &site).await;
             Ok(StatusCode::NO_CONTENT)
         }
         Err(wattline_storage::StoreError::InUse(_)) => Err(ApiError::new(
@@ -192,19 +188,18 @@ struct NewIngestToken {
 
 pub async fn create_ingest_token(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(site): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
-    require_admin(&state, &headers).await?;
     let site = parse_site_id(&site)?;
+    caller.manageable_site(&state, &site).await?;
     let new: NewIngestToken = if body.is_empty() {
         NewIngestToken { name: None }
     } else {
         parse_body(&body)?
     };
     let store = state.engine.store();
-    site_or_404(&state, &site).await?;
     let secret = new_token("wls");
     let token = IngestToken {
         id: generated_id("tok"),
@@ -215,6 +210,9 @@ pub async fn create_ingest_token(
     store
         .create_ingest_token(&token, &hash_token(&secret))
         .await?;
+    let target = format!("site:{}", token.site);
+    let detail = json!({"token": token.id, "name": token.name});
+    audit(&state, &caller.actor(), &caller.address, "ingest_token_created", &target, detail).await;
     Ok((
         StatusCode::CREATED,
         Json(
@@ -227,13 +225,12 @@ pub async fn create_ingest_token(
 
 pub async fn list_ingest_tokens(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(site): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    require_admin(&state, &headers).await?;
     let site = parse_site_id(&site)?;
+    caller.manageable_site(&state, &site).await?;
     let store = state.engine.store();
-    site_or_404(&state, &site).await?;
     let tokens = store.list_ingest_tokens(&site).await?;
     Ok(Json(Value::Array(
         tokens
@@ -245,11 +242,11 @@ pub async fn list_ingest_tokens(
 
 pub async fn delete_ingest_token(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path((site, id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    require_admin(&state, &headers).await?;
     let site = parse_site_id(&site)?;
+    caller.manageable_site(&state, &site).await?;
     let store = state.engine.store();
     let owned = store
         .list_ingest_tokens(&site)
@@ -261,6 +258,9 @@ pub async fn delete_ingest_token(
             "ingest token {id} of site {site}"
         )));
     }
+    let target = format!("site:{site}");
+    let detail = json!({"token": id});
+    audit(&state, &caller.actor(), &caller.address, "ingest_token_revoked", &target, detail).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -308,14 +308,17 @@ pub async fn existing_site(state: &AppState, site: &str) -> ApiResult<SiteId> {
 
 pub async fn create_device(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
-    require_admin(&state, &headers).await?;
     let new: NewDevice = parse_body(&body)?;
     check_name(&new.name)?;
     let id = parse_device_id(&new.id.unwrap_or_else(|| generated_id("dev")))?;
-    let site = existing_site(&state, new.site.as_deref().unwrap_or(&state.default_site)).await?;
+    let site = match new.site.as_deref() {
+        Some(site) => parse_site_id(site)?,
+        None => default_site_for(&state, &caller)?,
+    };
+    let site = caller.target_site(&state, &site).await?;
     let device = Device {
         id,
         name: new.name,
@@ -330,7 +333,25 @@ pub async fn create_device(
         let binding = crate::mqtt::bind(&state, &identity, &device.id).await?;
         body["bindings"] = json!([{"format": binding.format, "id": binding.vendor_id}]);
     }
+    audit_device(&state, &caller, "device_created", &device).await;
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Where a device created without a site goes: the default site, or, for a user who manages
+/// exactly one site, that one.
+fn default_site_for(state: &AppState, caller: &Caller) -> ApiResult<SiteId> {
+    if let wattline_domain::Principal::User(u) = &caller.principal {
+        if !u.all_sites && u.sites.len() == 1 {
+            return Ok(u.sites.iter().next().expect("one site").clone());
+        }
+    }
+    parse_site_id(&state.default_site)
+}
+
+pub async fn audit_device(state: &AppState, caller: &Caller, action: &str, device: &Device) {
+    let detail = json!({"name": device.name, "site": device.site});
+    let target = format!("device:{}", device.id);
+    audit(state, &caller.actor(), &caller.address, action, &target, detail).await;
 }
 
 /// Stores a new device with its HTTP token and MQTT credential; the answer shows both secrets
@@ -353,12 +374,11 @@ pub async fn create_device_record(state: &AppState, device: &Device) -> ApiResul
 
 pub async fn get_device(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    require_admin(&state, &headers).await?;
     let id = parse_device_id(&id)?;
-    let device = device_or_404(&state, &id).await?;
+    let device = caller.readable_device(&state, &id).await?;
     let mut body = device_json(&device);
     crate::query::add_latest(&state, &device.id, &mut body);
     crate::mqtt::add_mqtt_view(&state, &device, &mut body).await?;
@@ -367,21 +387,20 @@ pub async fn get_device(
 
 pub async fn patch_device(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
-    require_admin(&state, &headers).await?;
     let id = parse_device_id(&id)?;
+    let mut device = caller.manageable_device(&state, &id).await?;
     let patch: DevicePatch = parse_body(&body)?;
     let store = state.engine.store();
-    let mut device = device_or_404(&state, &id).await?;
     if let Some(name) = patch.name {
         check_name(&name)?;
         device.name = name;
     }
     if let Some(site) = patch.site {
-        device.site = existing_site(&state, &site).await?;
+        device.site = caller.target_site(&state, &parse_site_id(&site)?).await?;
     }
     if let Some(kind) = patch.kind {
         device.kind = kind;
@@ -391,16 +410,17 @@ pub async fn patch_device(
     }
     store.update_device(&device).await?;
     state.engine.registry().put_device(&device);
+    audit_device(&state, &caller, "device_updated", &device).await;
     Ok(Json(device_json(&device)))
 }
 
 pub async fn delete_device(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    require_admin(&state, &headers).await?;
     let id = parse_device_id(&id)?;
+    let device = caller.manageable_device(&state, &id).await?;
     // Pending rollups of the device must not be flushed after its rows are gone.
     state.engine.flush().await?;
     if !state.engine.store().delete_device(&id).await? {
@@ -409,26 +429,48 @@ pub async fn delete_device(
     state.engine.forget_device(&id);
     state.hub.forget_device(&id);
     tracing::info!(device = %id, "device deleted with its readings");
+    audit_device(&state, &caller, "device_deleted", &device).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Issues a new token for a device; the old one stops working at once.
 pub async fn rotate_device_token(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    require_admin(&state, &headers).await?;
     let id = parse_device_id(&id)?;
+    let device = caller.manageable_device(&state, &id).await?;
     let token = new_token("wld");
+    set_device_token(&state, &id, &token).await?;
+    audit_device(&state, &caller, "device_token_rotated", &device).await;
+    Ok(Json(json!({"id": id, "token": token})))
+}
+
+/// Revokes a device's HTTP token without issuing another: the device can no longer write over
+/// HTTP until the token is rotated.
+pub async fn revoke_device_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = parse_device_id(&id)?;
+    let device = caller.manageable_device(&state, &id).await?;
+    // The stored hash becomes that of a secret nobody was ever given.
+    set_device_token(&state, &id, &new_token("revoked")).await?;
+    audit_device(&state, &caller, "device_token_revoked", &device).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_device_token(state: &AppState, id: &DeviceId, token: &str) -> ApiResult<()> {
     if !state
         .engine
         .store()
-        .set_device_token(&id, &hash_token(&token))
+        .set_device_token(id, &hash_token(token))
         .await?
     {
         return Err(ApiError::not_found(format!("device {id}")));
     }
-    tracing::info!(device = %id, "device token rotated");
-    Ok(Json(json!({"id": id, "token": token})))
+    tracing::info!(device = %id, "device token replaced");
+    Ok(())
 }

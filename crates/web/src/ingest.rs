@@ -91,6 +91,13 @@ fn authorize(state: &AppState, principal: &Principal, outcome: &mut Outcome) {
                 *by_device.entry(&r.device).or_insert_with(|| {
                     match registry.device_site(&r.device) {
                         None => Some("unknown_device"),
+                        // A user is not told that a device of someone else's site exists.
+                        Some(site)
+                            if matches!(principal, Principal::User(_))
+                                && !principal.may_read_site(&site) =>
+                        {
+                            Some("unknown_device")
+                        }
                         Some(site) if !principal.may_write(&r.device, &site) => {
                             Some("forbidden_device")
                         }
@@ -193,7 +200,8 @@ pub async fn write_line_protocol(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let principal = authenticate(&state, &headers, params.p.as_deref()).await?;
+    let principal =
+        authenticate(&state, &headers, params.p.as_deref(), &axum::http::Method::POST).await?;
     let precision = match params.precision.as_deref() {
         None | Some("") => Precision::Ns,
         Some(p) => Precision::parse(p).ok_or_else(|| {
@@ -280,7 +288,7 @@ pub async fn write_json(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let principal = authenticate(&state, &headers, None).await?;
+    let principal = authenticate(&state, &headers, None, &axum::http::Method::POST).await?;
     let body = read_body(&state, &headers, body).await?;
     let now = TsMs::now();
     let limits = state.limits.clone();

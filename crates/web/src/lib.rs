@@ -1,6 +1,7 @@
 //! Wattline's HTTP API. [`serve`] takes a bound listener and a shutdown signal, so tests and
 //! the binary start it the same way, on any port.
 
+pub mod accounts;
 pub mod admin;
 pub mod auth;
 pub mod error;
@@ -9,14 +10,15 @@ pub mod mqtt;
 pub mod openapi;
 pub mod query;
 pub mod tcp;
+pub mod throttle;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -42,77 +44,115 @@ pub struct AppState {
     pub default_site: Arc<str>,
     /// Zone given to sites created without one.
     pub default_timezone: String,
+    /// Failed-login bookkeeping (per account and per address).
+    pub throttle: Arc<throttle::LoginThrottle>,
+    /// Session cookies get `Secure` when the API is served over HTTPS.
+    pub secure_cookies: bool,
+}
+
+/// One route of the API. The router, the OpenAPI check and the authorization test all read
+/// [`routes`], so a route cannot be served without being documented and access-tested.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    handler: MethodRouter<AppState>,
+}
+
+fn route<H, T>(method: Method, path: &'static str, handler: H) -> Route
+where
+    H: axum::handler::Handler<T, AppState>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).expect("routes use standard methods");
+    Route {
+        method,
+        path,
+        handler: axum::routing::on(filter, handler),
+    }
+}
+
+/// Every route, with its method.
+pub fn routes() -> Vec<Route> {
+    use Method as M;
+    vec![
+        route(M::GET, "/healthz", healthz),
+        route(M::GET, "/metrics", metrics),
+        route(M::GET, "/api/v1/openapi.json", openapi::document),
+        // ingest
+        route(M::POST, "/api/v1/readings", ingest::write_json),
+        route(M::POST, "/write", ingest::write_line_protocol),
+        route(M::POST, "/api/v2/write", ingest::write_line_protocol),
+        // login and the caller's own account
+        route(M::POST, "/api/v1/auth/login", accounts::login),
+        route(M::POST, "/api/v1/auth/logout", accounts::logout),
+        route(M::GET, "/api/v1/auth/me", accounts::me),
+        route(M::POST, "/api/v1/auth/password", accounts::change_password),
+        route(M::GET, "/api/v1/tokens", accounts::list_api_tokens),
+        route(M::POST, "/api/v1/tokens", accounts::create_api_token),
+        route(M::DELETE, "/api/v1/tokens/{id}", accounts::delete_api_token),
+        // users and the audit log (admins)
+        route(M::GET, "/api/v1/users", accounts::list_users),
+        route(M::POST, "/api/v1/users", accounts::create_user),
+        route(M::GET, "/api/v1/users/{id}", accounts::get_user),
+        route(M::PATCH, "/api/v1/users/{id}", accounts::patch_user),
+        route(M::DELETE, "/api/v1/users/{id}", accounts::delete_user),
+        route(M::DELETE, "/api/v1/users/{id}/sessions", accounts::end_user_sessions),
+        route(M::GET, "/api/v1/audit", accounts::list_audit),
+        // sites
+        route(M::GET, "/api/v1/sites", admin::list_sites),
+        route(M::POST, "/api/v1/sites", admin::create_site),
+        route(M::GET, "/api/v1/sites/{id}", admin::get_site),
+        route(M::PATCH, "/api/v1/sites/{id}", admin::patch_site),
+        route(M::DELETE, "/api/v1/sites/{id}", admin::delete_site),
+        route(M::GET, "/api/v1/sites/{id}/tcp-enrollment", tcp::get_enrollment),
+        route(M::PUT, "/api/v1/sites/{id}/tcp-enrollment", tcp::set_enrollment),
+        route(M::GET, "/api/v1/sites/{id}/tokens", admin::list_ingest_tokens),
+        route(M::POST, "/api/v1/sites/{id}/tokens", admin::create_ingest_token),
+        route(
+            M::DELETE,
+            "/api/v1/sites/{id}/tokens/{token_id}",
+            admin::delete_ingest_token,
+        ),
+        // devices
+        route(M::GET, "/api/v1/devices", query::list_devices),
+        route(M::POST, "/api/v1/devices", admin::create_device),
+        route(M::GET, "/api/v1/devices/{id}", admin::get_device),
+        route(M::PATCH, "/api/v1/devices/{id}", admin::patch_device),
+        route(M::DELETE, "/api/v1/devices/{id}", admin::delete_device),
+        route(M::POST, "/api/v1/devices/{id}/token", admin::rotate_device_token),
+        route(M::DELETE, "/api/v1/devices/{id}/token", admin::revoke_device_token),
+        route(M::POST, "/api/v1/devices/{id}/mqtt", mqtt::rotate_credential),
+        route(M::DELETE, "/api/v1/devices/{id}/mqtt", mqtt::revoke_credential),
+        route(M::GET, "/api/v1/devices/{id}/bindings", mqtt::list_bindings),
+        route(M::POST, "/api/v1/devices/{id}/bindings", mqtt::add_binding),
+        route(
+            M::DELETE,
+            "/api/v1/devices/{id}/bindings/{format}/{vendor_id}",
+            mqtt::delete_binding,
+        ),
+        route(M::GET, "/api/v1/pending-devices", mqtt::list_pending),
+        route(
+            M::POST,
+            "/api/v1/pending-devices/{format}/{vendor_id}/accept",
+            mqtt::accept_pending,
+        ),
+        route(
+            M::POST,
+            "/api/v1/pending-devices/{format}/{vendor_id}/reject",
+            mqtt::reject_pending,
+        ),
+        // queries
+        route(M::GET, "/api/v1/devices/{id}/series", query::series),
+        route(M::GET, "/api/v1/devices/{id}/stats", query::stats),
+        route(M::GET, "/api/v1/devices/{id}/energy", query::energy),
+        route(M::GET, "/api/v1/export", query::export),
+    ]
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/openapi.json", get(openapi::document))
-        .route("/api/v1/readings", post(ingest::write_json))
-        .route("/write", post(ingest::write_line_protocol))
-        .route("/api/v2/write", post(ingest::write_line_protocol))
-        .route(
-            "/api/v1/sites",
-            get(admin::list_sites).post(admin::create_site),
-        )
-        .route(
-            "/api/v1/sites/{id}",
-            get(admin::get_site)
-                .patch(admin::patch_site)
-                .delete(admin::delete_site),
-        )
-        .route(
-            "/api/v1/sites/{id}/tcp-enrollment",
-            get(tcp::get_enrollment).put(tcp::set_enrollment),
-        )
-        .route(
-            "/api/v1/sites/{id}/tokens",
-            get(admin::list_ingest_tokens).post(admin::create_ingest_token),
-        )
-        .route(
-            "/api/v1/sites/{id}/tokens/{token_id}",
-            axum::routing::delete(admin::delete_ingest_token),
-        )
-        .route(
-            "/api/v1/devices",
-            get(query::list_devices).post(admin::create_device),
-        )
-        .route(
-            "/api/v1/devices/{id}",
-            get(admin::get_device)
-                .patch(admin::patch_device)
-                .delete(admin::delete_device),
-        )
-        .route(
-            "/api/v1/devices/{id}/token",
-            post(admin::rotate_device_token),
-        )
-        .route(
-            "/api/v1/devices/{id}/mqtt",
-            post(mqtt::rotate_credential).delete(mqtt::revoke_credential),
-        )
-        .route(
-            "/api/v1/devices/{id}/bindings",
-            get(mqtt::list_bindings).post(mqtt::add_binding),
-        )
-        .route(
-            "/api/v1/devices/{id}/bindings/{format}/{vendor_id}",
-            axum::routing::delete(mqtt::delete_binding),
-        )
-        .route("/api/v1/pending-devices", get(mqtt::list_pending))
-        .route(
-            "/api/v1/pending-devices/{format}/{vendor_id}/accept",
-            post(mqtt::accept_pending),
-        )
-        .route(
-            "/api/v1/pending-devices/{format}/{vendor_id}/reject",
-            post(mqtt::reject_pending),
-        )
-        .route("/api/v1/devices/{id}/series", get(query::series))
-        .route("/api/v1/devices/{id}/stats", get(query::stats))
-        .route("/api/v1/devices/{id}/energy", get(query::energy))
-        .route("/api/v1/export", get(query::export))
+    routes()
+        .into_iter()
+        .fold(Router::new(), |router, r| router.route(r.path, r.handler))
         .fallback(not_found)
         .with_state(state)
 }
@@ -130,8 +170,11 @@ async fn healthz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], {
+/// Prometheus metrics: for administrators (a scraper sends the admin token or an admin's
+/// read token), since they reveal the installation's size and activity.
+async fn metrics(State(state): State<AppState>, caller: auth::Caller) -> ApiResultResponse {
+    caller.require_admin(false)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], {
         let mut text = state.engine.metrics().render();
         text.push_str(&state.hub.render_metrics());
         if let Some(broker) = &state.broker_metrics {
@@ -142,8 +185,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
         }
         text
     })
-        .into_response()
+        .into_response())
 }
+
+type ApiResultResponse = error::ApiResult<Response>;
 
 async fn not_found() -> error::ApiError {
     error::ApiError::new(

@@ -1,7 +1,8 @@
-//! MQTT administration: device credentials, topic bindings, pending devices.
+//! MQTT administration: device credentials, topic bindings (owners of the device's site), pending
+//! devices (admins: accepting one places a device in a site).
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -12,7 +13,7 @@ use wattline_mqtt::hash_secret;
 use wattline_storage::{Binding, PendingDevice, StoreError};
 
 use crate::admin::{device_json, parse_body, parse_device_id};
-use crate::auth::{new_token, require_admin};
+use crate::auth::{new_token, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
@@ -113,24 +114,25 @@ pub async fn bind(
 /// connections are closed).
 pub async fn rotate_credential(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    require_admin(&state, &headers).await?;
     let id = parse_device_id(&id)?;
+    let device = caller.manageable_device(&state, &id).await?;
     let mqtt = issue_credential(&state, &id).await?;
     tracing::info!(device = %id, "MQTT credential rotated");
+    crate::admin::audit_device(&state, &caller, "mqtt_credential_rotated", &device).await;
     Ok(Json(json!({"id": id, "mqtt": mqtt})))
 }
 
 /// `DELETE /api/v1/devices/{id}/mqtt`: revokes the credential and disconnects the device.
 pub async fn revoke_credential(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    require_admin(&state, &headers).await?;
     let id = parse_device_id(&id)?;
+    let device = caller.manageable_device(&state, &id).await?;
     if !state.engine.store().delete_mqtt_credential(&id).await? {
         return Err(ApiError::not_found(format!(
             "MQTT credential of device {id}"
@@ -138,16 +140,17 @@ pub async fn revoke_credential(
     }
     let closed = state.hub.disconnect_device(&id);
     tracing::info!(device = %id, connections_closed = closed, "MQTT credential revoked");
+    crate::admin::audit_device(&state, &caller, "mqtt_credential_revoked", &device).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn list_bindings(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    require_admin(&state, &headers).await?;
     let id = parse_device_id(&id)?;
+    caller.readable_device(&state, &id).await?;
     let list = state.engine.store().device_bindings(&id).await?;
     Ok(Json(
         json!({"bindings": list.iter().map(binding_json).collect::<Vec<_>>()}),
@@ -156,24 +159,25 @@ pub async fn list_bindings(
 
 pub async fn add_binding(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
-    require_admin(&state, &headers).await?;
     let id = parse_device_id(&id)?;
+    let device = caller.manageable_device(&state, &id).await?;
     let body: BindingBody = parse_body(&body)?;
     let binding = bind(&state, &body.identity()?, &id).await?;
+    crate::admin::audit_device(&state, &caller, "binding_added", &device).await;
     Ok((StatusCode::CREATED, Json(binding_json(&binding))).into_response())
 }
 
 pub async fn delete_binding(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path((id, format, vendor_id)): Path<(String, String, String)>,
 ) -> ApiResult<StatusCode> {
-    require_admin(&state, &headers).await?;
     let id = parse_device_id(&id)?;
+    let device = caller.manageable_device(&state, &id).await?;
     let identity = BindingBody {
         format,
         id: vendor_id,
@@ -194,6 +198,7 @@ pub async fn delete_binding(
         .unbind_device(identity.format.as_str(), &identity.id)
         .await?;
     state.hub.remove_binding(&identity);
+    crate::admin::audit_device(&state, &caller, "binding_removed", &device).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -208,9 +213,9 @@ fn pending_json(p: &PendingDevice) -> Value {
 /// `GET /api/v1/pending-devices`: identities seen on MQTT that no device is bound to.
 pub async fn list_pending(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<Value>> {
-    require_admin(&state, &headers).await?;
+    caller.require_admin(false)?;
     // What arrived in the last seconds is listed too, not only what the flusher stored.
     state.hub.flush_pending().await?;
     let list = state.engine.store().list_pending().await?;
@@ -233,11 +238,11 @@ struct AcceptBody {
 /// identity to it and issues its credentials: plugging in a new plug takes one click.
 pub async fn accept_pending(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path((format, vendor_id)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
-    require_admin(&state, &headers).await?;
+    caller.require_admin(true)?;
     let identity = BindingBody {
         format,
         id: vendor_id,
@@ -302,6 +307,7 @@ pub async fn accept_pending(
     let binding = bind(&state, &identity, &device.id).await?;
     body["bindings"] = json!([binding_json(&binding)]);
     tracing::info!(identity = %identity, device = %device.id, "pending device accepted");
+    crate::admin::audit_device(&state, &caller, "pending_device_accepted", &device).await;
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -309,10 +315,10 @@ pub async fn accept_pending(
 /// and it is not listed again (until bound or accepted).
 pub async fn reject_pending(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path((format, vendor_id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    require_admin(&state, &headers).await?;
+    caller.require_admin(true)?;
     let identity = BindingBody {
         format,
         id: vendor_id,
@@ -327,6 +333,8 @@ pub async fn reject_pending(
         .delete_pending(identity.format.as_str(), &identity.id)
         .await?;
     tracing::info!(identity = %identity, "pending device rejected");
+    let target = format!("identity:{identity}");
+    crate::auth::audit(&state, &caller.actor(), &caller.address, "pending_device_rejected", &target, json!({})).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

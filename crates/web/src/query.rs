@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use wattline_domain::time::local_month;
 use wattline_domain::{Agg, BucketTier, ChannelName, DeviceId, Point, Quantity, SeriesId, TsMs};
 
-use crate::auth::require_admin;
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
@@ -45,13 +45,14 @@ pub fn add_latest(state: &AppState, device: &DeviceId, body: &mut Value) {
 
 pub async fn list_devices(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<Value>> {
-    require_admin(&state, &headers).await?;
+    caller.require_reader()?;
     let devices = state.engine.store().list_devices().await?;
     let now = wattline_domain::TsMs::now();
     let out = devices
         .iter()
+        .filter(|d| caller.principal.may_read_site(&d.site))
         .map(|d| {
             let mut body = crate::mqtt::device_list_json(&state, d, now);
             add_latest(&state, &d.id, &mut body);
@@ -89,12 +90,13 @@ fn parse_range(p: &RangeParams, default_span_ms: i64) -> ApiResult<(TsMs, TsMs)>
     Ok((from, to))
 }
 
-async fn existing_device(state: &AppState, id: &str) -> ApiResult<DeviceId> {
+/// The device, when it exists and the caller may read its site; 404 alike otherwise.
+fn readable_device(state: &AppState, caller: &Caller, id: &str) -> ApiResult<DeviceId> {
     let id = DeviceId::parse(id).map_err(|e| ApiError::bad_request("bad_id", e.to_string()))?;
-    if !state.engine.registry().device_exists(&id) {
-        return Err(ApiError::not_found(format!("device {id}")));
+    match state.engine.registry().device_site(&id) {
+        Some(site) if caller.principal.may_read_site(&site) => Ok(id),
+        _ => Err(ApiError::not_found(format!("device {id}"))),
     }
-    Ok(id)
 }
 
 /// The series a query means: the named channel, or the device's only (or `main`) channel.
@@ -134,12 +136,11 @@ fn pick_series(
 /// `GET /api/v1/devices/{id}/series`: the finest tier whose points fit `max_points`.
 pub async fn series(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
     Query(p): Query<RangeParams>,
 ) -> ApiResult<Json<Value>> {
-    require_admin(&state, &headers).await?;
-    let device = existing_device(&state, &id).await?;
+    let device = readable_device(&state, &caller, &id)?;
     let (from, to) = parse_range(&p, TsMs::DAY)?;
     let quantity = match p.quantity.as_deref() {
         None => Quantity::Power,
@@ -248,12 +249,11 @@ fn stats_json(agg: &Agg) -> Value {
 /// `GET /api/v1/devices/{id}/stats`: per channel, and energy summed over channels.
 pub async fn stats(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
     Query(p): Query<RangeParams>,
 ) -> ApiResult<Json<Value>> {
-    require_admin(&state, &headers).await?;
-    let device = existing_device(&state, &id).await?;
+    let device = readable_device(&state, &caller, &id)?;
     let (from, to) = parse_range(&p, TsMs::DAY)?;
     let mut channels = Map::new();
     let (mut import, mut export) = (0.0, 0.0);
@@ -278,12 +278,11 @@ pub async fn stats(
 /// `GET /api/v1/devices/{id}/energy`: kWh per hour, day or month in the site's zone.
 pub async fn energy(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
     Query(p): Query<RangeParams>,
 ) -> ApiResult<Json<Value>> {
-    require_admin(&state, &headers).await?;
-    let device = existing_device(&state, &id).await?;
+    let device = readable_device(&state, &caller, &id)?;
     let interval = p.interval.as_deref().unwrap_or("day");
     let (tier, default_span) = match interval {
         "hour" => (BucketTier::Hour, TsMs::DAY),
@@ -340,10 +339,10 @@ pub struct ExportParams {
 /// memory stays flat whatever the range.
 pub async fn export(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(p): Query<ExportParams>,
 ) -> ApiResult<Response> {
-    require_admin(&state, &headers).await?;
+    caller.require_reader()?;
     if let Some(f) = p.format.as_deref() {
         if f != "csv" {
             return Err(ApiError::bad_request(
@@ -362,13 +361,14 @@ pub async fn export(
     };
     let (from, to) = parse_range(&range, TsMs::DAY)?;
     let devices: Vec<DeviceId> = match p.device {
-        Some(d) => vec![existing_device(&state, &d).await?],
+        Some(d) => vec![readable_device(&state, &caller, &d)?],
         None => state
             .engine
             .store()
             .list_devices()
             .await?
             .into_iter()
+            .filter(|d| caller.principal.may_read_site(&d.site))
             .map(|d| d.id)
             .collect(),
     };

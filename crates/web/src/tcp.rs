@@ -1,13 +1,12 @@
-//! TCP socket meters: whether a site enrolls meters that ask for an id (admin).
+//! TCP socket meters: whether a site enrolls meters that ask for an id (the site's managers).
 
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::admin::{parse_body, parse_site_id};
-use crate::auth::require_admin;
+use crate::auth::{audit, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
@@ -20,32 +19,35 @@ struct Enrollment {
 /// `PUT /api/v1/sites/{id}/tcp-enrollment` with `{"open": true|false}`.
 pub async fn set_enrollment(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
-    require_admin(&state, &headers).await?;
     let site = parse_site_id(&id)?;
+    caller.manageable_site(&state, &site).await?;
     let Enrollment { open } = parse_body(&body)?;
     if !state.engine.store().set_tcp_enrollment(&site, open).await? {
         return Err(ApiError::not_found(format!("site {site}")));
     }
     tracing::info!(site = %site, open, "TCP meter enrollment changed");
+    let target = format!("site:{site}");
+    audit(&state, &caller.actor(), &caller.address, "tcp_enrollment_changed", &target, json!({"open": open})).await;
     Ok(Json(json!({"site": site, "open": open})))
 }
 
 /// `GET /api/v1/sites/{id}/tcp-enrollment`.
 pub async fn get_enrollment(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    require_admin(&state, &headers).await?;
     let site = parse_site_id(&id)?;
-    let store = state.engine.store();
-    if store.get_site(&site).await?.is_none() {
-        return Err(ApiError::not_found(format!("site {site}")));
-    }
-    let open = store.tcp_enrollment_sites().await?.contains(&site);
+    caller.readable_site(&state, &site).await?;
+    let open = state
+        .engine
+        .store()
+        .tcp_enrollment_sites()
+        .await?
+        .contains(&site);
     Ok(Json(json!({"site": site, "open": open})))
 }

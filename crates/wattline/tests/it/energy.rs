@@ -52,7 +52,7 @@ fn counter_resets_rollovers_and_replacements(opts: Options) {
         "{}",
         range("swap")
     );
-    let m = s.get("/metrics", None).body;
+    let m = s.get("/metrics", Some(ADMIN)).body;
     assert!(m.contains("wattline_counter_events_total 3"), "{m}");
 }
 
@@ -245,7 +245,7 @@ fn late_and_duplicate_readings_repair_rollups(opts: Options) {
 }
 
 fn late_count(s: &TestServer) -> u64 {
-    let m = s.get("/metrics", None).body;
+    let m = s.get("/metrics", Some(ADMIN)).body;
     m.lines()
         .find_map(|l| l.strip_prefix("wattline_readings_late_total "))
         .and_then(|v| v.trim().parse().ok())

@@ -265,7 +265,7 @@ fn bad_input_is_refused_clearly_and_good_readings_survive() {
 
     // Still healthy, and every refusal was counted by reason.
     assert_eq!(s.get("/healthz", None).status, 200);
-    let m = s.get("/metrics", None).body;
+    let m = s.get("/metrics", Some(ADMIN)).body;
     for reason in [
         "out_of_range",
         "syntax",

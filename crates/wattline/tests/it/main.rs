@@ -1,6 +1,7 @@
 //! Black-box tests: the built `wattline` binary, real SQLite files, a real PostgreSQL, HTTP.
 
 mod admin;
+mod authz;
 mod demo;
 mod durability;
 mod energy;

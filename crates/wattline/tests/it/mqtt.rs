@@ -22,7 +22,7 @@ fn host_port(addr: &str) -> (String, String) {
 }
 
 /// `mosquitto_pub` with a time limit; `args` after host and port.
-fn mosquitto_pub(addr: &str, args: &[&str]) -> Output {
+pub fn mosquitto_pub(addr: &str, args: &[&str]) -> Output {
     let (host, port) = host_port(addr);
     let child = Command::new("mosquitto_pub")
         .args(["-h", &host, "-p", &port])
@@ -79,7 +79,7 @@ fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
 }
 
 fn metric(s: &TestServer, name: &str) -> u64 {
-    let body = s.get("/metrics", None).body;
+    let body = s.get("/metrics", Some(ADMIN)).body;
     body.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .unwrap_or_else(|| panic!("metric {name} missing"))

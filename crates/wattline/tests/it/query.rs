@@ -80,7 +80,7 @@ fn health_metrics_and_openapi() {
     let h = s.get("/healthz", None).json();
     assert_eq!(h["status"], "ok");
     assert_eq!(h["storage"], "sqlite");
-    let m = s.get("/metrics", None).body;
+    let m = s.get("/metrics", Some(ADMIN)).body;
     assert!(m.contains("# TYPE wattline_write_latency_seconds histogram"));
     assert!(m.contains("wattline_ingest_queue_depth 0"));
     let doc = s.get("/api/v1/openapi.json", None).json();

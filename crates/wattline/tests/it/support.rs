@@ -93,6 +93,26 @@ pub struct Reply {
     pub body: String,
 }
 
+/// A reply with its headers, for tests that look at cookies and security headers.
+pub struct FullReply {
+    pub status: u16,
+    pub body: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl FullReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
 impl Reply {
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
@@ -364,6 +384,43 @@ impl TestServer {
         self.send("POST", path, token, Some(("text/plain", body.into())))
     }
 
+    /// Any method with any headers; the answer keeps its headers.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<(&str, Vec<u8>)>,
+    ) -> FullReply {
+        let builder = request_builder(method, format!("{}{path}", self.base));
+        let mut builder = builder;
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        if let Some((ctype, _)) = &body {
+            builder = builder.header("Content-Type", *ctype);
+        }
+        let request = builder
+            .body(body.map(|(_, b)| b).unwrap_or_default())
+            .expect("request");
+        let mut resp = self
+            .agent
+            .run(request)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        let status = resp.status().as_u16();
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        FullReply {
+            status,
+            body,
+            headers,
+        }
+    }
+
     pub fn post_with_headers(&self, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
         let mut r = self.agent.post(format!("{}{path}", self.base));
         for (k, v) in headers {
@@ -442,6 +499,10 @@ impl Drop for TestServer {
 
 /// A loopback port free right now (bind to port 0, read it, release it), for servers that must
 /// come back on the same port after a restart.
+fn request_builder(method: &str, url: String) -> ureq::http::request::Builder {
+    ureq::http::Request::builder().method(method).uri(url)
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -138,7 +138,7 @@ fn energy_rows(s: &TestServer, device: &str, from: i64, to: i64) -> Vec<(String,
 }
 
 fn metric(s: &TestServer, line_start: &str) -> Option<u64> {
-    let m = s.get("/metrics", None).body;
+    let m = s.get("/metrics", Some(ADMIN)).body;
     m.lines()
         .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
 }
