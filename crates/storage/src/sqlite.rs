@@ -19,7 +19,8 @@ use async_trait::async_trait;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use wattline_domain::{
-    Agg, BucketTier, Device, DeviceId, Point, QStat, Quantity, SeriesId, Site, SiteId, TsMs,
+    Agg, ApiToken, AuditEvent, BucketTier, Device, DeviceId, Email, Point, QStat, Quantity, Role,
+    SeriesId, Session, Site, SiteId, TokenScope, TsMs, User, UserId,
 };
 
 use crate::codec::{decode_points, encode_points};
@@ -27,8 +28,8 @@ use crate::schema::{rollup_table, stat_columns};
 use crate::staging::{self, merge_chunked_and_buffered, Unchunked};
 use crate::types::storable_sample;
 use crate::{
-    Binding, IngestToken, MaintenanceReport, PendingDevice, Result, Retention, RollupRow,
-    RollupWrite, SeriesInfo, SeriesPoints, Store, StoreError,
+    AuditQuery, Binding, IngestToken, MaintenanceReport, PendingDevice, Result, Retention,
+    RollupRow, RollupWrite, SeriesInfo, SeriesPoints, Store, StoreError,
 };
 
 /// Chunks never span more than one UTC hour, so a range read can find every chunk that may
@@ -140,6 +141,60 @@ const MIGRATIONS: &[&str] = &[
         opened_at INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 5: users, their sites, browser sessions, API tokens, the audit log. A user takes their
+    // site assignments, sessions and tokens along; a deleted site leaves every user's list.
+    // An API token's `sites` is NULL (all of the user's sites) or a JSON array of site ids;
+    // its sites are not foreign keys because the token only narrows the user's own list.
+    // AUTOINCREMENT keeps audit ids from ever being reused, so they only grow.
+    r#"
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        email TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE user_sites (
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        site_id TEXT NOT NULL REFERENCES sites(id) ON DELETE CASCADE,
+        PRIMARY KEY (user_id, site_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX user_sites_site ON user_sites(site_id);
+    CREATE TABLE sessions (
+        id_hash TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        created_at INTEGER NOT NULL,
+        last_seen_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        address TEXT NOT NULL,
+        user_agent TEXT NOT NULL
+    );
+    CREATE INDEX sessions_user ON sessions(user_id);
+    CREATE INDEX sessions_expires ON sessions(expires_at);
+    CREATE TABLE api_tokens (
+        id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        sites TEXT,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        last_used_at INTEGER
+    );
+    CREATE INDEX api_tokens_user ON api_tokens(user_id);
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        address TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX audit_log_ts ON audit_log(ts);
+    "#,
 ];
 
 /// The rollup tables are generated from the shared column list rather than written out.
@@ -182,6 +237,11 @@ fn open_connection(path: &Path) -> Result<Connection> {
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
+    migrate_to(conn, MIGRATIONS.len() as u32)
+}
+
+/// Applies the migrations up to `target`; tests stop early to build an older database.
+fn migrate_to(conn: &mut Connection, target: u32) -> Result<()> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, \
          applied_at INTEGER NOT NULL);",
@@ -195,7 +255,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     steps[0].push_str(&rollup_ddl());
     for (i, sql) in steps.iter().enumerate() {
         let version = i as u32 + 1;
-        if version <= applied {
+        if version <= applied || version > target {
             continue;
         }
         let tx = conn.transaction()?;
@@ -699,8 +759,11 @@ fn device_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
     })
 }
 
-fn bad_column(i: usize, e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+fn bad_column(
+    i: usize,
+    e: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
 }
 
 const DEVICE_COLUMNS: &str = "id, name, site_id, kind, labels, created_at";
@@ -730,6 +793,140 @@ fn pending_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PendingDevice> {
         messages: u64::try_from(messages).map_err(|e| bad_column(4, e))?,
         last_topic: r.get(5)?,
         sample: r.get(6)?,
+    })
+}
+
+fn is_foreign_key_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY)
+}
+
+/// SQLite names the failed unique constraint only in its message (`… failed: users.email`).
+fn is_unique_violation_of(e: &rusqlite::Error, column: &str) -> bool {
+    is_unique_violation(e)
+        && matches!(e, rusqlite::Error::SqliteFailure(_, Some(msg)) if msg.contains(column))
+}
+
+/// A taken e-mail and a taken id are told apart, so the caller can say which.
+fn user_write_err(e: rusqlite::Error, user: &User) -> StoreError {
+    if is_unique_violation_of(&e, "users.email") {
+        StoreError::Conflict(format!("user with e-mail {}", user.email))
+    } else if is_unique_violation(&e) {
+        StoreError::Conflict(format!("user {}", user.id))
+    } else {
+        e.into()
+    }
+}
+
+/// Inserts the user's site assignments one by one, so that an unknown site can be named.
+fn insert_user_sites(conn: &Connection, user: &User) -> Result<()> {
+    let mut stmt =
+        conn.prepare_cached("INSERT INTO user_sites (user_id, site_id) VALUES (?1, ?2)")?;
+    for site in &user.sites {
+        stmt.execute(params![user.id.as_str(), site.as_str()])
+            .map_err(|e| {
+                if is_foreign_key_violation(&e) {
+                    StoreError::Invalid(format!("unknown site {site}"))
+                } else {
+                    e.into()
+                }
+            })?;
+    }
+    Ok(())
+}
+
+/// The sites come as one JSON array from a subquery, so a user and their sites are read in
+/// one statement (one snapshot, even while the writer commits).
+const USER_COLUMNS: &str = "u.id, u.email, u.role, u.disabled, u.created_at, u.password_hash, \
+     (SELECT json_group_array(s.site_id) FROM user_sites s WHERE s.user_id = u.id)";
+
+fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(User, String)> {
+    let id: String = r.get(0)?;
+    let email: String = r.get(1)?;
+    let role: String = r.get(2)?;
+    let sites: String = r.get(6)?;
+    let sites: Vec<String> = serde_json::from_str(&sites).map_err(|e| bad_column(6, e))?;
+    let user = User {
+        id: UserId::parse(id).map_err(|e| bad_column(0, e))?,
+        email: Email::parse(&email).map_err(|e| bad_column(1, e))?,
+        role: Role::parse(&role).map_err(|e| bad_column(2, e))?,
+        sites: sites
+            .into_iter()
+            .map(SiteId::parse)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| bad_column(6, e))?,
+        disabled: r.get(3)?,
+        created_at: TsMs(r.get(4)?),
+    };
+    Ok((user, r.get(5)?))
+}
+
+const SESSION_COLUMNS: &str =
+    "id_hash, user_id, created_at, last_seen_at, expires_at, address, user_agent";
+
+fn session_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Session> {
+    let user: String = r.get(1)?;
+    Ok(Session {
+        id_hash: r.get(0)?,
+        user: UserId::parse(user).map_err(|e| bad_column(1, e))?,
+        created_at: TsMs(r.get(2)?),
+        last_seen_at: TsMs(r.get(3)?),
+        expires_at: TsMs(r.get(4)?),
+        address: r.get(5)?,
+        user_agent: r.get(6)?,
+    })
+}
+
+const API_TOKEN_COLUMNS: &str =
+    "id, user_id, name, scope, sites, created_at, expires_at, last_used_at";
+
+/// `None` (all of the user's sites) is NULL; a set, even an empty one, is a JSON array.
+fn token_sites_to_sql(sites: &Option<std::collections::BTreeSet<SiteId>>) -> Option<String> {
+    sites.as_ref().map(|set| {
+        let ids: Vec<&str> = set.iter().map(SiteId::as_str).collect();
+        serde_json::Value::from(ids).to_string()
+    })
+}
+
+fn api_token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiToken> {
+    let user: String = r.get(1)?;
+    let scope: String = r.get(3)?;
+    let sites: Option<String> = r.get(4)?;
+    let sites = match sites {
+        None => None,
+        Some(text) => {
+            let ids: Vec<String> = serde_json::from_str(&text).map_err(|e| bad_column(4, e))?;
+            Some(
+                ids.into_iter()
+                    .map(SiteId::parse)
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|e| bad_column(4, e))?,
+            )
+        }
+    };
+    Ok(ApiToken {
+        id: r.get(0)?,
+        user: UserId::parse(user).map_err(|e| bad_column(1, e))?,
+        name: r.get(2)?,
+        scope: TokenScope::parse(&scope).map_err(|e| bad_column(3, e))?,
+        sites,
+        created_at: TsMs(r.get(5)?),
+        expires_at: r.get::<_, Option<i64>>(6)?.map(TsMs),
+        last_used_at: r.get::<_, Option<i64>>(7)?.map(TsMs),
+    })
+}
+
+const AUDIT_COLUMNS: &str = "id, ts, actor, action, target, address, detail";
+
+fn audit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEvent> {
+    Ok(AuditEvent {
+        id: r.get(0)?,
+        ts: TsMs(r.get(1)?),
+        actor: r.get(2)?,
+        action: r.get(3)?,
+        target: r.get(4)?,
+        address: r.get(5)?,
+        detail: r.get(6)?,
     })
 }
 
@@ -1480,6 +1677,399 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn create_user(&self, user: &User, password_hash: &str) -> Result<()> {
+        let (user, hash) = (user.clone(), password_hash.to_owned());
+        self.write(move |w| {
+            let tx = w.conn.transaction()?;
+            tx.prepare_cached(
+                "INSERT INTO users (id, email, role, password_hash, disabled, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                user.id.as_str(),
+                user.email.as_str(),
+                user.role.as_str(),
+                hash,
+                user.disabled,
+                user.created_at.0
+            ])
+            .map_err(|e| user_write_err(e, &user))?;
+            insert_user_sites(&tx, &user)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_user(&self, id: &UserId) -> Result<Option<(User, String)>> {
+        let id = id.clone();
+        self.read(move |c| {
+            Ok(c.prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM users u WHERE u.id = ?1"
+            ))?
+            .query_row([id.as_str()], user_from_row)
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn user_by_email(&self, email: &Email) -> Result<Option<(User, String)>> {
+        let email = email.clone();
+        self.read(move |c| {
+            Ok(c.prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM users u WHERE u.email = ?1"
+            ))?
+            .query_row([email.as_str()], user_from_row)
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn list_users(&self) -> Result<Vec<User>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM users u ORDER BY u.email"
+            ))?;
+            let rows = stmt.query_map([], |r| user_from_row(r).map(|(u, _)| u))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn update_user(&self, user: &User) -> Result<bool> {
+        let user = user.clone();
+        self.write(move |w| {
+            let tx = w.conn.transaction()?;
+            let updated = tx
+                .prepare_cached(
+                    "UPDATE users SET email = ?2, role = ?3, disabled = ?4 WHERE id = ?1",
+                )?
+                .execute(params![
+                    user.id.as_str(),
+                    user.email.as_str(),
+                    user.role.as_str(),
+                    user.disabled
+                ])
+                .map_err(|e| user_write_err(e, &user))?;
+            if updated == 0 {
+                return Ok(false);
+            }
+            tx.prepare_cached("DELETE FROM user_sites WHERE user_id = ?1")?
+                .execute([user.id.as_str()])?;
+            insert_user_sites(&tx, &user)?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn set_user_password(&self, id: &UserId, password_hash: &str) -> Result<bool> {
+        let (id, hash) = (id.clone(), password_hash.to_owned());
+        self.write(move |w| {
+            Ok(w.conn
+                .prepare_cached("UPDATE users SET password_hash = ?2 WHERE id = ?1")?
+                .execute(params![id.as_str(), hash])?
+                > 0)
+        })
+        .await
+    }
+
+    async fn delete_user(&self, id: &UserId) -> Result<bool> {
+        let id = id.clone();
+        self.write(move |w| {
+            // Site assignments, sessions and API tokens go by ON DELETE CASCADE.
+            Ok(w.conn
+                .prepare_cached("DELETE FROM users WHERE id = ?1")?
+                .execute([id.as_str()])?
+                > 0)
+        })
+        .await
+    }
+
+    async fn count_users(&self) -> Result<u64> {
+        self.read(|c| {
+            let n: i64 = c
+                .prepare_cached("SELECT count(*) FROM users")?
+                .query_row([], |r| r.get(0))?;
+            Ok(n.max(0) as u64)
+        })
+        .await
+    }
+
+    async fn create_session(&self, session: &Session) -> Result<()> {
+        let s = session.clone();
+        self.write(move |w| {
+            w.conn
+                .prepare_cached(&format!(
+                    "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                ))?
+                .execute(params![
+                    s.id_hash,
+                    s.user.as_str(),
+                    s.created_at.0,
+                    s.last_seen_at.0,
+                    s.expires_at.0,
+                    s.address,
+                    s.user_agent
+                ])
+                .map_err(|e| {
+                    if is_foreign_key_violation(&e) {
+                        StoreError::Invalid(format!("unknown user {}", s.user))
+                    } else if is_unique_violation(&e) {
+                        StoreError::Conflict("a session with this id".to_owned())
+                    } else {
+                        e.into()
+                    }
+                })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_session(&self, id_hash: &str) -> Result<Option<Session>> {
+        let id_hash = id_hash.to_owned();
+        self.read(move |c| {
+            Ok(c.prepare_cached(&format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE id_hash = ?1"
+            ))?
+            .query_row([id_hash], session_from_row)
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn touch_session(
+        &self,
+        id_hash: &str,
+        last_seen_at: TsMs,
+        expires_at: TsMs,
+    ) -> Result<bool> {
+        let id_hash = id_hash.to_owned();
+        self.write(move |w| {
+            Ok(w.conn
+                .prepare_cached(
+                    "UPDATE sessions SET last_seen_at = ?2, expires_at = ?3 WHERE id_hash = ?1",
+                )?
+                .execute(params![id_hash, last_seen_at.0, expires_at.0])?
+                > 0)
+        })
+        .await
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> Result<bool> {
+        let id_hash = id_hash.to_owned();
+        self.write(move |w| {
+            Ok(w.conn
+                .prepare_cached("DELETE FROM sessions WHERE id_hash = ?1")?
+                .execute([id_hash])?
+                > 0)
+        })
+        .await
+    }
+
+    async fn delete_user_sessions(&self, user: &UserId, keep: Option<&str>) -> Result<u64> {
+        let (user, keep) = (user.clone(), keep.map(str::to_owned));
+        self.write(move |w| {
+            let n = w
+                .conn
+                .prepare_cached(
+                    "DELETE FROM sessions WHERE user_id = ?1 AND (?2 IS NULL OR id_hash <> ?2)",
+                )?
+                .execute(params![user.as_str(), keep])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn list_user_sessions(&self, user: &UserId) -> Result<Vec<Session>> {
+        let user = user.clone();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = ?1 \
+                 ORDER BY created_at DESC, id_hash DESC"
+            ))?;
+            let rows = stmt.query_map([user.as_str()], session_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn purge_sessions(&self, now: TsMs) -> Result<u64> {
+        self.write(move |w| {
+            let n = w
+                .conn
+                .prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")?
+                .execute([now.0])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn create_api_token(&self, token: &ApiToken, token_hash: &str) -> Result<()> {
+        let (t, hash) = (token.clone(), token_hash.to_owned());
+        self.write(move |w| {
+            w.conn
+                .prepare_cached(
+                    "INSERT INTO api_tokens (id, user_id, name, scope, sites, token_hash, \
+                     created_at, expires_at, last_used_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?
+                .execute(params![
+                    t.id,
+                    t.user.as_str(),
+                    t.name,
+                    t.scope.as_str(),
+                    token_sites_to_sql(&t.sites),
+                    hash,
+                    t.created_at.0,
+                    t.expires_at.map(|ts| ts.0),
+                    t.last_used_at.map(|ts| ts.0)
+                ])
+                .map_err(|e| {
+                    if is_foreign_key_violation(&e) {
+                        StoreError::Invalid(format!("unknown user {}", t.user))
+                    } else if is_unique_violation_of(&e, "api_tokens.token_hash") {
+                        StoreError::Conflict("an API token with this hash".to_owned())
+                    } else if is_unique_violation(&e) {
+                        StoreError::Conflict(format!("API token {}", t.id))
+                    } else {
+                        e.into()
+                    }
+                })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn api_token_by_hash(&self, token_hash: &str) -> Result<Option<ApiToken>> {
+        let hash = token_hash.to_owned();
+        self.read(move |c| {
+            Ok(c.prepare_cached(&format!(
+                "SELECT {API_TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ?1"
+            ))?
+            .query_row([hash], api_token_from_row)
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn list_api_tokens(&self, user: Option<&UserId>) -> Result<Vec<ApiToken>> {
+        let user = user.cloned();
+        self.read(move |c| {
+            let order = "ORDER BY created_at DESC, id DESC";
+            let tokens = match user {
+                Some(user) => c
+                    .prepare_cached(&format!(
+                        "SELECT {API_TOKEN_COLUMNS} FROM api_tokens WHERE user_id = ?1 {order}"
+                    ))?
+                    .query_map([user.as_str()], api_token_from_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?,
+                None => c
+                    .prepare_cached(&format!(
+                        "SELECT {API_TOKEN_COLUMNS} FROM api_tokens {order}"
+                    ))?
+                    .query_map([], api_token_from_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?,
+            };
+            Ok(tokens)
+        })
+        .await
+    }
+
+    async fn get_api_token(&self, id: &str) -> Result<Option<ApiToken>> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            Ok(c.prepare_cached(&format!(
+                "SELECT {API_TOKEN_COLUMNS} FROM api_tokens WHERE id = ?1"
+            ))?
+            .query_row([id], api_token_from_row)
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn delete_api_token(&self, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |w| {
+            Ok(w.conn
+                .prepare_cached("DELETE FROM api_tokens WHERE id = ?1")?
+                .execute([id])?
+                > 0)
+        })
+        .await
+    }
+
+    async fn touch_api_token(&self, id: &str, used_at: TsMs) -> Result<()> {
+        let id = id.to_owned();
+        self.write(move |w| {
+            // Uses reported late (another request, another node) never move the mark back.
+            w.conn
+                .prepare_cached(
+                    "UPDATE api_tokens SET last_used_at = max(coalesce(last_used_at, ?2), ?2) \
+                     WHERE id = ?1",
+                )?
+                .execute(params![id, used_at.0])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn append_audit(&self, event: &AuditEvent) -> Result<i64> {
+        let e = event.clone();
+        self.write(move |w| {
+            w.conn
+                .prepare_cached(
+                    "INSERT INTO audit_log (ts, actor, action, target, address, detail) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![
+                    e.ts.0, e.actor, e.action, e.target, e.address, e.detail
+                ])?;
+            Ok(w.conn.last_insert_rowid())
+        })
+        .await
+    }
+
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>> {
+        let q = query.clone();
+        if q.limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.read(move |c| {
+            // Only the filters given become conditions, so SQLite can pick the ts index for
+            // a time range and walk the primary key backwards otherwise.
+            let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE 1 = 1");
+            let mut args: Vec<SqlValue> = Vec::new();
+            let mut filter = |cond: &str, v: SqlValue| {
+                args.push(v);
+                sql.push_str(&format!(" AND {cond} ?{}", args.len()));
+            };
+            if let Some(from) = q.from {
+                filter("ts >=", SqlValue::Integer(from.0));
+            }
+            if let Some(to) = q.to {
+                filter("ts <", SqlValue::Integer(to.0));
+            }
+            if let Some(actor) = q.actor {
+                filter("actor =", SqlValue::Text(actor));
+            }
+            if let Some(action) = q.action {
+                filter("action =", SqlValue::Text(action));
+            }
+            if let Some(before) = q.before_id {
+                filter("id <", SqlValue::Integer(before));
+            }
+            args.push(SqlValue::Integer(
+                i64::try_from(q.limit).unwrap_or(i64::MAX),
+            ));
+            sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params_from_iter(args), audit_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
     async fn series_id(&self, device: &DeviceId, channel: &str) -> Result<SeriesId> {
         let (device, channel) = (device.clone(), channel.to_owned());
         self.write(move |w| {
@@ -1928,6 +2518,55 @@ mod tests {
         let c = open_connection(store.path()).unwrap();
         c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
             .unwrap()
+    }
+
+    /// A database from before the accounts (schema 4) opens, gets the new tables, and its
+    /// sites can be assigned to users.
+    #[tokio::test]
+    async fn schema_4_database_upgrades_to_accounts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        {
+            let mut c = open_connection(&path).unwrap();
+            migrate_to(&mut c, 4).unwrap();
+            c.execute(
+                "INSERT INTO sites (id, name, timezone, created_at) VALUES ('old', 'Old', 'UTC', 0)",
+                [],
+            )
+            .unwrap();
+            let has_users: bool = c
+                .query_row(
+                    "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'users'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert!(!has_users);
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let c = open_connection(&path).unwrap();
+        let version: u32 = c
+            .query_row("SELECT max(version) FROM schema_migrations", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(version as usize, MIGRATIONS.len());
+        for table in ["users", "user_sites", "sessions", "api_tokens", "audit_log"] {
+            assert_eq!(count(&store, table), 0, "{table}");
+        }
+        let user = User {
+            id: UserId::parse("usr_1").unwrap(),
+            email: Email::parse("ann@example.org").unwrap(),
+            role: Role::Owner,
+            sites: [SiteId::parse("old").unwrap()].into(),
+            disabled: false,
+            created_at: TsMs(1),
+        };
+        store.create_user(&user, "h").await.unwrap();
+        assert_eq!(
+            store.get_user(&user.id).await.unwrap(),
+            Some((user, "h".to_owned()))
+        );
     }
 
     #[tokio::test]

@@ -22,12 +22,13 @@ use std::sync::Arc;
 
 use wattline_domain::energy::EnergyDelta;
 use wattline_domain::{
-    Agg, BucketTier, Device, DeviceId, Point, QStat, Quantity, SeriesId, Site, SiteId, TsMs, Values,
+    Agg, ApiToken, AuditEvent, BucketTier, Device, DeviceId, Email, Point, QStat, Quantity, Role,
+    SeriesId, Session, Site, SiteId, TokenScope, TsMs, User, UserId, Values,
 };
 
 use crate::{
-    Binding, IngestToken, PendingDevice, Retention, RollupRow, RollupWrite, SeriesPoints, Store,
-    StoreError,
+    AuditQuery, Binding, IngestToken, PendingDevice, Retention, RollupRow, RollupWrite,
+    SeriesPoints, Store, StoreError,
 };
 
 /// Opens the data of a store again, as a restart does. The caller drops the first store
@@ -44,6 +45,7 @@ macro_rules! store_suite {
         store_suite!(@reopen $backend, $reopenable;
             mqtt_state_survives_reopen,
             tcp_enrollment_survives_reopen,
+            accounts_survive_reopen,
         );
         store_suite!(@tests $backend, $ctor;
             sites_crud,
@@ -74,6 +76,13 @@ macro_rules! store_suite {
             pending_devices_merge,
             rejected_identities,
             tcp_enrollment,
+            users_crud,
+            delete_user_cascades,
+            delete_site_drops_user_assignment,
+            sessions,
+            sessions_purge_expired,
+            api_tokens,
+            audit_log,
         );
     };
     (@reopen $backend:ident, $ctor:expr; $($check:ident),* $(,)?) => {
@@ -2023,4 +2032,704 @@ pub async fn tcp_enrollment_survives_reopen(store: Arc<dyn Store>, reopen: Reope
         store.tcp_enrollment_sites().await.unwrap(),
         vec![sid("open")]
     );
+}
+
+// ---- accounts
+
+fn uid(id: &str) -> UserId {
+    UserId::parse(id).unwrap()
+}
+
+fn user(id: &str, email: &str, role: Role, sites: &[&str]) -> User {
+    User {
+        id: uid(id),
+        email: Email::parse(email).unwrap(),
+        role,
+        sites: sites.iter().map(|s| sid(s)).collect(),
+        disabled: false,
+        created_at: TsMs(T0 + 789),
+    }
+}
+
+/// Sites `home` and `cabin`, owner `ann` (both sites) and admin `bob` (none).
+async fn two_users(store: &dyn Store) -> (User, User) {
+    for s in ["home", "cabin"] {
+        store.create_site(&site(s)).await.unwrap();
+    }
+    let ann = user(
+        "usr_ann",
+        "ann@example.org",
+        Role::Owner,
+        &["home", "cabin"],
+    );
+    let bob = user("usr_bob", "bob@example.org", Role::Admin, &[]);
+    store.create_user(&ann, "hash-ann").await.unwrap();
+    store.create_user(&bob, "hash-bob").await.unwrap();
+    (ann, bob)
+}
+
+fn session(id_hash: &str, user: &str, created: i64) -> Session {
+    Session {
+        id_hash: id_hash.into(),
+        user: uid(user),
+        created_at: TsMs(T0 + created),
+        last_seen_at: TsMs(T0 + created),
+        expires_at: TsMs(T0 + created + DAY),
+        address: "192.0.2.7".into(),
+        user_agent: format!("Mozilla/5.0 ({id_hash}) \"quoted\" ü"),
+    }
+}
+
+fn api_token(id: &str, user: &str, created: i64, sites: Option<&[&str]>) -> ApiToken {
+    ApiToken {
+        id: id.into(),
+        user: uid(user),
+        name: format!("token {id}"),
+        scope: TokenScope::Read,
+        sites: sites.map(|s| s.iter().map(|x| sid(x)).collect()),
+        created_at: TsMs(T0 + created),
+        expires_at: None,
+        last_used_at: None,
+    }
+}
+
+fn audit(ts: i64, actor: &str, action: &str) -> AuditEvent {
+    AuditEvent {
+        id: 0,
+        ts: TsMs(T0 + ts),
+        actor: actor.into(),
+        action: action.into(),
+        target: format!("user:{actor}"),
+        address: "198.51.100.1".into(),
+        detail: format!("{{\"at\":{ts},\"note\":\"ü \\\"q\\\"\"}}"),
+    }
+}
+
+fn conflict_message<T: std::fmt::Debug>(r: crate::Result<T>) -> String {
+    match r {
+        Err(e @ StoreError::Conflict(_)) => e.to_string(),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+fn invalid_message<T: std::fmt::Debug>(r: crate::Result<T>) -> String {
+    match r {
+        Err(StoreError::Invalid(m)) => m,
+        other => panic!("expected invalid, got {other:?}"),
+    }
+}
+
+pub async fn users_crud(store: &dyn Store) {
+    assert_eq!(store.count_users().await.unwrap(), 0);
+    assert!(store.list_users().await.unwrap().is_empty());
+    assert_eq!(store.get_user(&uid("usr_ann")).await.unwrap(), None);
+    let (ann, bob) = two_users(store).await;
+
+    assert_eq!(
+        store.get_user(&ann.id).await.unwrap(),
+        Some((ann.clone(), "hash-ann".to_owned()))
+    );
+    assert_eq!(
+        store.user_by_email(&bob.email).await.unwrap(),
+        Some((bob.clone(), "hash-bob".to_owned()))
+    );
+    assert_eq!(
+        store
+            .user_by_email(&Email::parse("nobody@example.org").unwrap())
+            .await
+            .unwrap(),
+        None
+    );
+    // Ordered by e-mail byte-wise on both backends ('-' before 'b'), not by id; a disabled
+    // viewer round-trips too.
+    let mut carl = user("usr_a", "ann-z@example.org", Role::Viewer, &["home"]);
+    carl.disabled = true;
+    let dora = user("usr_0", "annb@example.org", Role::Viewer, &[]);
+    store.create_user(&carl, "hash-carl").await.unwrap();
+    store.create_user(&dora, "hash-dora").await.unwrap();
+    assert_eq!(
+        store.list_users().await.unwrap(),
+        vec![carl.clone(), ann.clone(), dora.clone(), bob.clone()]
+    );
+    assert_eq!(store.count_users().await.unwrap(), 4);
+
+    // A taken id or e-mail: the message says which; nothing is written.
+    let mut same_id = user("usr_ann", "other@example.org", Role::Viewer, &[]);
+    assert_eq!(
+        conflict_message(store.create_user(&same_id, "h").await),
+        "user usr_ann already exists"
+    );
+    let same_email = user("usr_new", "ann@example.org", Role::Viewer, &[]);
+    assert_eq!(
+        conflict_message(store.create_user(&same_email, "h").await),
+        "user with e-mail ann@example.org already exists"
+    );
+    // An unknown site is named, and the user is not half-created without it.
+    same_id.id = uid("usr_new");
+    same_id.sites = [sid("home"), sid("nowhere")].into();
+    assert_eq!(
+        invalid_message(store.create_user(&same_id, "h").await),
+        "unknown site nowhere"
+    );
+    assert_eq!(store.get_user(&uid("usr_new")).await.unwrap(), None);
+    assert_eq!(
+        store.user_by_email(&same_id.email).await.unwrap(),
+        None,
+        "the failed create left nothing behind"
+    );
+    assert_eq!(store.count_users().await.unwrap(), 4);
+
+    // Update replaces e-mail, role, sites and the flag; not the password nor created_at.
+    let mut changed = ann.clone();
+    changed.email = Email::parse("ann.new@example.org").unwrap();
+    changed.role = Role::Viewer;
+    changed.sites = [sid("cabin")].into();
+    changed.disabled = true;
+    changed.created_at = TsMs(1);
+    assert!(store.update_user(&changed).await.unwrap());
+    let expected = User {
+        created_at: ann.created_at,
+        ..changed.clone()
+    };
+    assert_eq!(
+        store.get_user(&ann.id).await.unwrap(),
+        Some((expected.clone(), "hash-ann".to_owned()))
+    );
+    assert_eq!(store.user_by_email(&ann.email).await.unwrap(), None);
+    assert_eq!(
+        store
+            .user_by_email(&expected.email)
+            .await
+            .unwrap()
+            .map(|u| u.0),
+        Some(expected.clone())
+    );
+    // Updating to the same e-mail is fine; to another user's is a conflict.
+    assert!(store.update_user(&expected).await.unwrap());
+    let mut taken = expected.clone();
+    taken.email = bob.email.clone();
+    taken.sites = [sid("home")].into();
+    assert_eq!(
+        conflict_message(store.update_user(&taken).await),
+        "user with e-mail bob@example.org already exists"
+    );
+    // An unknown site fails the whole update: the new e-mail and role are not kept either.
+    let mut bad_site = expected.clone();
+    bad_site.email = Email::parse("ann.third@example.org").unwrap();
+    bad_site.role = Role::Admin;
+    bad_site.sites = [sid("home"), sid("ghost-site")].into();
+    assert_eq!(
+        invalid_message(store.update_user(&bad_site).await),
+        "unknown site ghost-site"
+    );
+    assert_eq!(
+        store.get_user(&ann.id).await.unwrap().unwrap().0,
+        expected.clone()
+    );
+    // Clearing the sites.
+    let mut no_sites = expected.clone();
+    no_sites.sites.clear();
+    assert!(store.update_user(&no_sites).await.unwrap());
+    assert_eq!(store.get_user(&ann.id).await.unwrap().unwrap().0, no_sites);
+    assert!(!store
+        .update_user(&user("usr_ghost", "ghost@example.org", Role::Owner, &[]))
+        .await
+        .unwrap());
+    assert_eq!(store.get_user(&uid("usr_ghost")).await.unwrap(), None);
+
+    assert!(store
+        .set_user_password(&bob.id, "$argon2id$v=19$new")
+        .await
+        .unwrap());
+    assert_eq!(
+        store.get_user(&bob.id).await.unwrap(),
+        Some((bob.clone(), "$argon2id$v=19$new".to_owned()))
+    );
+    assert!(!store
+        .set_user_password(&uid("usr_ghost"), "h")
+        .await
+        .unwrap());
+
+    assert!(store.delete_user(&dora.id).await.unwrap());
+    assert!(!store.delete_user(&dora.id).await.unwrap());
+    assert_eq!(store.get_user(&dora.id).await.unwrap(), None);
+    assert_eq!(store.count_users().await.unwrap(), 3);
+    // The e-mail is free again.
+    store.create_user(&dora, "hash-dora-2").await.unwrap();
+    assert_eq!(
+        store.user_by_email(&dora.email).await.unwrap(),
+        Some((dora, "hash-dora-2".to_owned()))
+    );
+}
+
+/// Deleting a user ends their sessions and API tokens, not anyone else's.
+pub async fn delete_user_cascades(store: &dyn Store) {
+    let (ann, bob) = two_users(store).await;
+    for s in [
+        session("s-ann", "usr_ann", 1),
+        session("s-bob", "usr_bob", 2),
+    ] {
+        store.create_session(&s).await.unwrap();
+    }
+    let t_ann = api_token("t-ann", "usr_ann", 1, Some(&["home"]));
+    let t_bob = api_token("t-bob", "usr_bob", 2, None);
+    store.create_api_token(&t_ann, "th-ann").await.unwrap();
+    store.create_api_token(&t_bob, "th-bob").await.unwrap();
+
+    assert!(store.delete_user(&ann.id).await.unwrap());
+    assert_eq!(store.get_session("s-ann").await.unwrap(), None);
+    assert!(store.list_user_sessions(&ann.id).await.unwrap().is_empty());
+    assert_eq!(store.api_token_by_hash("th-ann").await.unwrap(), None);
+    assert_eq!(store.get_api_token("t-ann").await.unwrap(), None);
+    assert_eq!(
+        store.list_api_tokens(None).await.unwrap(),
+        vec![t_bob.clone()]
+    );
+    assert_eq!(
+        store.get_session("s-bob").await.unwrap(),
+        Some(session("s-bob", "usr_bob", 2))
+    );
+    assert_eq!(store.get_user(&bob.id).await.unwrap().unwrap().0, bob);
+
+    // Re-created under the same id, the user starts with nothing; the old credentials'
+    // ids and hashes are free again.
+    store.create_user(&ann, "hash-ann").await.unwrap();
+    assert!(store.list_user_sessions(&ann.id).await.unwrap().is_empty());
+    assert!(store
+        .list_api_tokens(Some(&ann.id))
+        .await
+        .unwrap()
+        .is_empty());
+    store
+        .create_session(&session("s-ann", "usr_ann", 3))
+        .await
+        .unwrap();
+    store.create_api_token(&t_ann, "th-ann").await.unwrap();
+}
+
+/// A site with users but no devices can be deleted; it leaves every user's list.
+pub async fn delete_site_drops_user_assignment(store: &dyn Store) {
+    let (ann, _) = two_users(store).await;
+    let mut carl = user("usr_carl", "carl@example.org", Role::Viewer, &["cabin"]);
+    store.create_user(&carl, "h").await.unwrap();
+
+    assert!(store.delete_site(&sid("cabin")).await.unwrap());
+    let ann_now = store.get_user(&ann.id).await.unwrap().unwrap().0;
+    assert_eq!(ann_now.sites, [sid("home")].into());
+    carl.sites.clear();
+    assert_eq!(store.get_user(&carl.id).await.unwrap().unwrap().0, carl);
+
+    // Devices still keep a site from deletion, and the refusal leaves the assignment alone.
+    store
+        .create_device(&device("m1", "home"), "hash-m1")
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.delete_site(&sid("home")).await,
+        Err(StoreError::InUse(_))
+    ));
+    assert_eq!(
+        store.get_user(&ann.id).await.unwrap().unwrap().0.sites,
+        [sid("home")].into()
+    );
+
+    // A new site under the old id is nobody's.
+    store.create_site(&site("cabin")).await.unwrap();
+    assert_eq!(
+        store.get_user(&ann.id).await.unwrap().unwrap().0.sites,
+        [sid("home")].into()
+    );
+    assert!(store
+        .get_user(&carl.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .0
+        .sites
+        .is_empty());
+}
+
+pub async fn sessions(store: &dyn Store) {
+    let (ann, bob) = two_users(store).await;
+    let (s1, s2, s3) = (
+        session("h1", "usr_ann", 1),
+        session("h2", "usr_ann", 2),
+        session("h3", "usr_ann", 3),
+    );
+    let sb = session("hb", "usr_bob", 4);
+    for s in [&s2, &s1, &sb, &s3] {
+        store.create_session(s).await.unwrap();
+    }
+    assert_eq!(store.get_session("h1").await.unwrap(), Some(s1.clone()));
+    assert_eq!(store.get_session("nope").await.unwrap(), None);
+    assert_eq!(
+        store.list_user_sessions(&ann.id).await.unwrap(),
+        vec![s3.clone(), s2.clone(), s1.clone()],
+        "newest first"
+    );
+    assert_eq!(
+        store.list_user_sessions(&bob.id).await.unwrap(),
+        vec![sb.clone()]
+    );
+    assert!(store
+        .list_user_sessions(&uid("usr_ghost"))
+        .await
+        .unwrap()
+        .is_empty());
+
+    assert!(is_conflict(store.create_session(&s1).await));
+    let orphan = session("h-orphan", "usr_ghost", 5);
+    assert_eq!(
+        invalid_message(store.create_session(&orphan).await),
+        "unknown user usr_ghost"
+    );
+    assert_eq!(store.get_session("h-orphan").await.unwrap(), None);
+
+    // A use moves last_seen and the expiry.
+    let (seen, expires) = (TsMs(T0 + HOUR), TsMs(T0 + 2 * DAY));
+    assert!(store.touch_session("h1", seen, expires).await.unwrap());
+    let touched = Session {
+        last_seen_at: seen,
+        expires_at: expires,
+        ..s1.clone()
+    };
+    assert_eq!(
+        store.get_session("h1").await.unwrap(),
+        Some(touched.clone())
+    );
+    assert!(!store.touch_session("nope", seen, expires).await.unwrap());
+
+    assert!(store.delete_session("h2").await.unwrap());
+    assert!(!store.delete_session("h2").await.unwrap());
+    assert_eq!(store.get_session("h2").await.unwrap(), None);
+
+    // Ending all of a user's sessions but the one in use, then all of them.
+    assert_eq!(
+        store
+            .delete_user_sessions(&ann.id, Some("h1"))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store.list_user_sessions(&ann.id).await.unwrap(),
+        vec![touched.clone()]
+    );
+    // `keep` naming another user's session protects nothing of this user's.
+    store.create_session(&s3).await.unwrap();
+    assert_eq!(
+        store
+            .delete_user_sessions(&ann.id, Some("hb"))
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(store.list_user_sessions(&ann.id).await.unwrap().is_empty());
+    assert_eq!(store.delete_user_sessions(&ann.id, None).await.unwrap(), 0);
+    assert_eq!(store.get_session("hb").await.unwrap(), Some(sb.clone()));
+    assert_eq!(store.delete_user_sessions(&bob.id, None).await.unwrap(), 1);
+    assert_eq!(store.get_session("hb").await.unwrap(), None);
+}
+
+pub async fn sessions_purge_expired(store: &dyn Store) {
+    two_users(store).await;
+    let expiring = |id: &str, user: &str, expires: i64| Session {
+        expires_at: TsMs(T0 + expires),
+        ..session(id, user, 0)
+    };
+    let sessions = [
+        expiring("past", "usr_ann", 10),
+        expiring("now", "usr_bob", 20),
+        expiring("later", "usr_ann", 21),
+        expiring("much-later", "usr_bob", DAY),
+    ];
+    for s in &sessions {
+        store.create_session(s).await.unwrap();
+    }
+    // An expired session is still returned: the caller decides what expiry means.
+    let now = TsMs(T0 + 20);
+    assert_eq!(
+        store.get_session("past").await.unwrap(),
+        Some(sessions[0].clone())
+    );
+    assert_eq!(store.purge_sessions(now).await.unwrap(), 2, "<= now goes");
+    assert_eq!(store.get_session("past").await.unwrap(), None);
+    assert_eq!(store.get_session("now").await.unwrap(), None);
+    assert_eq!(
+        store.get_session("later").await.unwrap(),
+        Some(sessions[2].clone())
+    );
+    assert_eq!(store.purge_sessions(now).await.unwrap(), 0);
+    // A touched session lives on past its first expiry.
+    assert!(store
+        .touch_session("later", TsMs(T0 + 21), TsMs(T0 + 2 * DAY))
+        .await
+        .unwrap());
+    assert_eq!(store.purge_sessions(TsMs(T0 + DAY)).await.unwrap(), 1);
+    assert!(store.get_session("later").await.unwrap().is_some());
+    assert_eq!(store.get_session("much-later").await.unwrap(), None);
+}
+
+pub async fn api_tokens(store: &dyn Store) {
+    let (ann, bob) = two_users(store).await;
+    // All of the user's sites (None), none of them (an empty set), and two of them.
+    let t1 = api_token("t1", "usr_ann", 1, None);
+    let t2 = ApiToken {
+        scope: TokenScope::Write,
+        expires_at: Some(TsMs(T0 + 30 * DAY)),
+        ..api_token("t2", "usr_ann", 2, Some(&[]))
+    };
+    let t3 = ApiToken {
+        last_used_at: Some(TsMs(T0 + 5)),
+        ..api_token("t3", "usr_bob", 3, Some(&["home", "cabin"]))
+    };
+    for (t, h) in [(&t2, "th2"), (&t1, "th1"), (&t3, "th3")] {
+        store.create_api_token(t, h).await.unwrap();
+    }
+    for (t, h) in [(&t1, "th1"), (&t2, "th2"), (&t3, "th3")] {
+        assert_eq!(store.get_api_token(&t.id).await.unwrap().as_ref(), Some(t));
+        assert_eq!(store.api_token_by_hash(h).await.unwrap().as_ref(), Some(t));
+    }
+    assert_eq!(
+        store.get_api_token("t1").await.unwrap().unwrap().sites,
+        None
+    );
+    assert_eq!(
+        store.get_api_token("t2").await.unwrap().unwrap().sites,
+        Some(Default::default()),
+        "an empty site list is not the same as none"
+    );
+    assert_eq!(store.api_token_by_hash("nope").await.unwrap(), None);
+    assert_eq!(store.get_api_token("nope").await.unwrap(), None);
+
+    assert_eq!(
+        store.list_api_tokens(None).await.unwrap(),
+        vec![t3.clone(), t2.clone(), t1.clone()],
+        "newest first"
+    );
+    assert_eq!(
+        store.list_api_tokens(Some(&ann.id)).await.unwrap(),
+        vec![t2.clone(), t1.clone()]
+    );
+    assert_eq!(
+        store.list_api_tokens(Some(&bob.id)).await.unwrap(),
+        vec![t3.clone()]
+    );
+    assert!(store
+        .list_api_tokens(Some(&uid("usr_ghost")))
+        .await
+        .unwrap()
+        .is_empty());
+
+    // A taken id or hash conflicts; an unknown user is invalid. Nothing is written.
+    assert_eq!(
+        conflict_message(store.create_api_token(&t1, "th-other").await),
+        "API token t1 already exists"
+    );
+    let t4 = api_token("t4", "usr_ann", 4, None);
+    assert!(is_conflict(store.create_api_token(&t4, "th1").await));
+    assert_eq!(
+        invalid_message(
+            store
+                .create_api_token(&api_token("t5", "usr_ghost", 5, None), "th5")
+                .await
+        ),
+        "unknown user usr_ghost"
+    );
+    assert_eq!(store.get_api_token("t4").await.unwrap(), None);
+    assert_eq!(store.get_api_token("t5").await.unwrap(), None);
+    assert_eq!(
+        store.api_token_by_hash("th1").await.unwrap(),
+        Some(t1.clone())
+    );
+
+    // Uses are recorded; one reported late does not move the mark back.
+    store.touch_api_token("t1", TsMs(T0 + 100)).await.unwrap();
+    let used = ApiToken {
+        last_used_at: Some(TsMs(T0 + 100)),
+        ..t1.clone()
+    };
+    assert_eq!(store.get_api_token("t1").await.unwrap(), Some(used.clone()));
+    store.touch_api_token("t1", TsMs(T0 + 50)).await.unwrap();
+    assert_eq!(store.get_api_token("t1").await.unwrap(), Some(used.clone()));
+    store.touch_api_token("t3", TsMs(T0 + 200)).await.unwrap();
+    assert_eq!(
+        store
+            .get_api_token("t3")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at,
+        Some(TsMs(T0 + 200))
+    );
+    store.touch_api_token("nope", TsMs(T0)).await.unwrap();
+
+    assert!(store.delete_api_token("t1").await.unwrap());
+    assert!(!store.delete_api_token("t1").await.unwrap());
+    assert_eq!(store.api_token_by_hash("th1").await.unwrap(), None);
+    assert_eq!(
+        store.list_api_tokens(Some(&ann.id)).await.unwrap(),
+        vec![t2.clone()]
+    );
+    // The hash is free again.
+    store.create_api_token(&t4, "th1").await.unwrap();
+    assert_eq!(store.api_token_by_hash("th1").await.unwrap(), Some(t4));
+}
+
+pub async fn audit_log(store: &dyn Store) {
+    let q = |limit: usize| AuditQuery {
+        limit,
+        ..AuditQuery::default()
+    };
+    assert!(store.list_audit(&q(10)).await.unwrap().is_empty());
+    // Timestamps need not follow insertion order (clocks of several nodes): listings follow
+    // the ids.
+    let events = [
+        audit(10, "user:ann", "login"),
+        audit(20, "user:bob", "login"),
+        audit(30, "user:ann", "user_created"),
+        audit(25, "anonymous", "login_failed"),
+        audit(40, "user:ann", "login"),
+        audit(50, "cli", "user_created"),
+    ];
+    let mut stored = Vec::new();
+    for e in &events {
+        let id = store.append_audit(e).await.unwrap();
+        if let Some(prev) = stored.last().map(|s: &AuditEvent| s.id) {
+            assert!(id > prev, "ids grow: {id} after {prev}");
+        }
+        stored.push(AuditEvent { id, ..e.clone() });
+    }
+    let newest_first: Vec<AuditEvent> = stored.iter().rev().cloned().collect();
+    assert_eq!(store.list_audit(&q(100)).await.unwrap(), newest_first);
+    assert_eq!(store.list_audit(&q(2)).await.unwrap(), newest_first[..2]);
+    assert!(store.list_audit(&q(0)).await.unwrap().is_empty());
+
+    let pick = |idx: &[usize]| -> Vec<AuditEvent> {
+        idx.iter().rev().map(|&i| stored[i].clone()).collect()
+    };
+    let from_to = AuditQuery {
+        from: Some(TsMs(T0 + 20)),
+        to: Some(TsMs(T0 + 40)),
+        ..q(100)
+    };
+    assert_eq!(store.list_audit(&from_to).await.unwrap(), pick(&[1, 2, 3]));
+    let from = AuditQuery {
+        from: Some(TsMs(T0 + 30)),
+        ..q(100)
+    };
+    assert_eq!(store.list_audit(&from).await.unwrap(), pick(&[2, 4, 5]));
+    let to = AuditQuery {
+        to: Some(TsMs(T0 + 25)),
+        ..q(100)
+    };
+    assert_eq!(store.list_audit(&to).await.unwrap(), pick(&[0, 1]));
+    let actor = AuditQuery {
+        actor: Some("user:ann".into()),
+        ..q(100)
+    };
+    assert_eq!(store.list_audit(&actor).await.unwrap(), pick(&[0, 2, 4]));
+    let action = AuditQuery {
+        action: Some("user_created".into()),
+        ..q(100)
+    };
+    assert_eq!(store.list_audit(&action).await.unwrap(), pick(&[2, 5]));
+    let both = AuditQuery {
+        actor: Some("user:ann".into()),
+        action: Some("login".into()),
+        ..q(100)
+    };
+    assert_eq!(store.list_audit(&both).await.unwrap(), pick(&[0, 4]));
+    let prefix_is_not_a_match = AuditQuery {
+        actor: Some("user:".into()),
+        ..q(100)
+    };
+    assert!(store
+        .list_audit(&prefix_is_not_a_match)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Paging newest first with before_id, alone and with a filter.
+    let mut pages = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store
+            .list_audit(&AuditQuery {
+                before_id: before,
+                ..q(4)
+            })
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        before = page.last().map(|e| e.id);
+        pages.push(page);
+    }
+    assert_eq!(pages.len(), 2);
+    assert_eq!(pages[0], newest_first[..4]);
+    assert_eq!(pages[1], newest_first[4..]);
+    let logins_before = AuditQuery {
+        action: Some("login".into()),
+        before_id: Some(stored[4].id),
+        ..q(1)
+    };
+    assert_eq!(store.list_audit(&logins_before).await.unwrap(), pick(&[1]));
+    let none_before_first = AuditQuery {
+        before_id: Some(stored[0].id),
+        ..q(100)
+    };
+    assert!(store
+        .list_audit(&none_before_first)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// Accounts are on disk when their calls return, and audit ids keep growing after a restart.
+pub async fn accounts_survive_reopen(store: Arc<dyn Store>, reopen: Reopen) {
+    let (ann, bob) = two_users(&*store).await;
+    let s = session("h1", "usr_ann", 1);
+    store.create_session(&s).await.unwrap();
+    let t = api_token("t1", "usr_bob", 2, Some(&[]));
+    store.create_api_token(&t, "th1").await.unwrap();
+    let e = audit(1, "user:ann", "login");
+    let first = store.append_audit(&e).await.unwrap();
+    drop(store);
+
+    let store = reopen().await;
+    assert_eq!(
+        store.get_user(&ann.id).await.unwrap(),
+        Some((ann.clone(), "hash-ann".to_owned()))
+    );
+    assert_eq!(
+        store.list_users().await.unwrap(),
+        vec![ann.clone(), bob.clone()]
+    );
+    assert_eq!(store.get_session("h1").await.unwrap(), Some(s));
+    assert_eq!(store.api_token_by_hash("th1").await.unwrap(), Some(t));
+    assert_eq!(
+        store
+            .list_audit(&AuditQuery {
+                limit: 10,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap(),
+        vec![AuditEvent { id: first, ..e }]
+    );
+    let second = store
+        .append_audit(&audit(2, "user:bob", "login"))
+        .await
+        .unwrap();
+    assert!(second > first);
+    // Cascades work on the reopened store too.
+    assert!(store.delete_site(&sid("cabin")).await.unwrap());
+    assert_eq!(
+        store.get_user(&ann.id).await.unwrap().unwrap().0.sites,
+        [sid("home")].into()
+    );
+    assert!(store.delete_user(&bob.id).await.unwrap());
+    assert_eq!(store.get_api_token("t1").await.unwrap(), None);
 }
