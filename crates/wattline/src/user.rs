@@ -54,7 +54,8 @@ pub async fn add(config: &Config, args: AddArgs) -> anyhow::Result<()> {
             action: "user_created".into(),
             target: format!("user:{}", user.id),
             address: String::new(),
-            detail: json!({"email": user.email, "role": user.role, "sites": user.sites}).to_string(),
+            detail: json!({"email": user.email, "role": user.role, "sites": user.sites})
+                .to_string(),
         })
         .await?;
     println!("{}", wattline_web::accounts::user_json(&user));

@@ -54,7 +54,8 @@ fn parse_user_id(s: &str) -> ApiResult<UserId> {
 }
 
 fn check_new_password(password: &str, email: &Email) -> ApiResult<()> {
-    check_password(password, email).map_err(|e| ApiError::bad_request("weak_password", e.to_string()))
+    check_password(password, email)
+        .map_err(|e| ApiError::bad_request("weak_password", e.to_string()))
 }
 
 fn parse_sites(sites: &[String]) -> ApiResult<BTreeSet<SiteId>> {
@@ -134,9 +135,9 @@ pub async fn login(
     };
     let phc = match &found {
         Some((_, hash)) => hash.clone(),
-        None => tokio::task::spawn_blocking(dummy_hash)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?,
+        None => tokio::task::spawn_blocking(dummy_hash).await.map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })?,
     };
     let matches = verify_password_blocking(login.password, phc).await?;
     let user = match found {
@@ -230,7 +231,15 @@ pub async fn logout(
         ));
     };
     state.engine.store().delete_session(&hash_token(id)).await?;
-    audit(&state, &caller.actor(), &caller.address, "logout", "", json!({})).await;
+    audit(
+        &state,
+        &caller.actor(),
+        &caller.address,
+        "logout",
+        "",
+        json!({}),
+    )
+    .await;
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
         .headers_mut()
@@ -389,7 +398,14 @@ pub async fn create_user(
 ) -> ApiResult<Response> {
     caller.require_admin(true)?;
     let new: NewUser = parse_body(&body)?;
-    let user = create_user_record(state.engine.store(), &new.email, new.password, &new.role, &new.sites).await?;
+    let user = create_user_record(
+        state.engine.store(),
+        &new.email,
+        new.password,
+        &new.role,
+        &new.sites,
+    )
+    .await?;
     audit(
         &state,
         &caller.actor(),
@@ -402,10 +418,7 @@ pub async fn create_user(
     Ok((StatusCode::CREATED, Json(user_json(&user))).into_response())
 }
 
-pub async fn list_users(
-    State(state): State<AppState>,
-    caller: Caller,
-) -> ApiResult<Json<Value>> {
+pub async fn list_users(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     caller.require_admin(false)?;
     let users = state.engine.store().list_users().await?;
     Ok(Json(Value::Array(users.iter().map(user_json).collect())))
@@ -451,7 +464,10 @@ async fn keep_an_admin(state: &AppState, user: &User, after: &User) -> ApiResult
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "last_admin",
-            format!("{} is the last enabled admin; make another user admin first", user.email),
+            format!(
+                "{} is the last enabled admin; make another user admin first",
+                user.email
+            ),
         ));
     }
     Ok(())
@@ -621,10 +637,7 @@ pub async fn create_api_token(
     }
     let sites = new.sites.as_deref().map(parse_sites).transpose()?;
     if let Some(sites) = &sites {
-        if let Some(s) = sites
-            .iter()
-            .find(|s| !caller.principal.may_read_site(s))
-        {
+        if let Some(s) = sites.iter().find(|s| !caller.principal.may_read_site(s)) {
             return Err(ApiError::bad_request(
                 "unknown_site",
                 format!("site {s} does not exist"),
@@ -741,13 +754,17 @@ pub async fn list_audit(
     let time = |s: &Option<String>, what: &str| {
         s.as_deref()
             .map(|s| {
-                TsMs::parse_api(s).map_err(|e| ApiError::bad_request("bad_time", format!("{what}: {e}")))
+                TsMs::parse_api(s)
+                    .map_err(|e| ApiError::bad_request("bad_time", format!("{what}: {e}")))
             })
             .transpose()
     };
     let limit = params.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request("bad_limit", "limit must be 1 to 1000"));
+        return Err(ApiError::bad_request(
+            "bad_limit",
+            "limit must be 1 to 1000",
+        ));
     }
     let events = state
         .engine

@@ -98,17 +98,22 @@ pub async fn create_site(
 async fn audit_site(state: &AppState, caller: &Caller, action: &str, site: &Site) {
     let detail = json!({"name": site.name, "timezone": site.timezone});
     let target = format!("site:{}", site.id);
-    audit(state, &caller.actor(), &caller.address, action, &target, detail).await;
+    audit(
+        state,
+        &caller.actor(),
+        &caller.address,
+        action,
+        &target,
+        detail,
+    )
+    .await;
 }
 
 fn site_json(site: &Site) -> Value {
     json!({"id": site.id, "name": site.name, "timezone": site.timezone, "created_at": site.created_at.to_string()})
 }
 
-pub async fn list_sites(
-    State(state): State<AppState>,
-    caller: Caller,
-) -> ApiResult<Json<Value>> {
+pub async fn list_sites(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     caller.require_reader()?;
     let sites = state.engine.store().list_sites().await?;
     Ok(Json(Value::Array(
@@ -212,7 +217,15 @@ pub async fn create_ingest_token(
         .await?;
     let target = format!("site:{}", token.site);
     let detail = json!({"token": token.id, "name": token.name});
-    audit(&state, &caller.actor(), &caller.address, "ingest_token_created", &target, detail).await;
+    audit(
+        &state,
+        &caller.actor(),
+        &caller.address,
+        "ingest_token_created",
+        &target,
+        detail,
+    )
+    .await;
     Ok((
         StatusCode::CREATED,
         Json(
@@ -260,7 +273,15 @@ pub async fn delete_ingest_token(
     }
     let target = format!("site:{site}");
     let detail = json!({"token": id});
-    audit(&state, &caller.actor(), &caller.address, "ingest_token_revoked", &target, detail).await;
+    audit(
+        &state,
+        &caller.actor(),
+        &caller.address,
+        "ingest_token_revoked",
+        &target,
+        detail,
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -351,7 +372,15 @@ fn default_site_for(state: &AppState, caller: &Caller) -> ApiResult<SiteId> {
 pub async fn audit_device(state: &AppState, caller: &Caller, action: &str, device: &Device) {
     let detail = json!({"name": device.name, "site": device.site});
     let target = format!("device:{}", device.id);
-    audit(state, &caller.actor(), &caller.address, action, &target, detail).await;
+    audit(
+        state,
+        &caller.actor(),
+        &caller.address,
+        action,
+        &target,
+        detail,
+    )
+    .await;
 }
 
 /// Stores a new device with its HTTP token and MQTT credential; the answer shows both secrets

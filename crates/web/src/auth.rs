@@ -49,7 +49,9 @@ pub fn hash_token(token: &str) -> String {
 /// The CSRF token of a session: derived from the session id, so it needs no storage and is
 /// known only to whoever holds the cookie (and to the page it was given to).
 pub fn csrf_token(session_id: &str) -> String {
-    hex::encode(Sha256::digest(format!("wattline-csrf:{session_id}").as_bytes()))
+    hex::encode(Sha256::digest(
+        format!("wattline-csrf:{session_id}").as_bytes(),
+    ))
 }
 
 /// An argon2id PHC string (`$argon2id$v=19$m=19456,t=2,p=1$…`) with a random salt. Takes tens
@@ -172,7 +174,11 @@ fn is_safe(method: &Method) -> bool {
 
 /// Resolves a bearer-style token: the admin token, a device's, a site's, or a user's API
 /// token. Unknown tokens are refused.
-async fn principal_from_token(state: &AppState, token: &str, method: &Method) -> ApiResult<Principal> {
+async fn principal_from_token(
+    state: &AppState,
+    token: &str,
+    method: &Method,
+) -> ApiResult<Principal> {
     check_token_shape(token)?;
     let hash = hash_token(token);
     if bool::from(hash.as_bytes().ct_eq(state.admin_token_hash.as_bytes())) {
@@ -230,14 +236,23 @@ async fn principal_from_session(
     check_token_shape(session_id)?;
     let store = state.engine.store();
     let id_hash = hash_token(session_id);
-    let expired = || ApiError::new(StatusCode::UNAUTHORIZED, "session_expired", "the session has ended; log in again");
+    let expired = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "session_expired",
+            "the session has ended; log in again",
+        )
+    };
     let session = store.get_session(&id_hash).await?.ok_or_else(expired)?;
     let now = TsMs::now();
     if session.expires_at <= now {
         return Err(expired());
     }
     if !is_safe(method) {
-        let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let sent = headers
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         let expected = csrf_token(session_id);
         if !bool::from(sent.as_bytes().ct_eq(expected.as_bytes())) {
             return Err(ApiError::new(
@@ -255,7 +270,12 @@ async fn principal_from_session(
         let expires = TsMs((now.0 + SESSION_IDLE_MS).min(session.created_at.0 + SESSION_MAX_MS));
         store.touch_session(&id_hash, now, expires).await?;
     }
-    Ok(Principal::User(UserAccess::new(&user, TokenScope::Write, None, true)))
+    Ok(Principal::User(UserAccess::new(
+        &user,
+        TokenScope::Write,
+        None,
+        true,
+    )))
 }
 
 /// Resolves the caller from a token (header or InfluxDB `?p=`) or else the session cookie;
@@ -316,8 +336,13 @@ impl FromRequestParts<AppState> for Caller {
                 .find(|(k, _)| *k == "p")
                 .map(|(_, v)| v.to_owned())
         });
-        let principal =
-            authenticate(state, &parts.headers, query_password.as_deref(), &parts.method).await?;
+        let principal = authenticate(
+            state,
+            &parts.headers,
+            query_password.as_deref(),
+            &parts.method,
+        )
+        .await?;
         Ok(Caller {
             principal,
             address: client_address(parts),
@@ -344,11 +369,13 @@ impl Caller {
         if self.principal.is_admin(write) {
             return Ok(());
         }
-        Err(ApiError::forbidden(if write && self.principal.is_admin(false) {
-            "this token is read-only"
-        } else {
-            "this route is for administrators"
-        }))
+        Err(ApiError::forbidden(
+            if write && self.principal.is_admin(false) {
+                "this token is read-only"
+            } else {
+                "this route is for administrators"
+            },
+        ))
     }
 
     /// The site, when this caller may read it; 404 otherwise, so that a site the caller may
@@ -507,7 +534,10 @@ mod tests {
     #[test]
     fn cookies_are_found_among_others() {
         let mut h = HeaderMap::new();
-        h.insert("cookie", "a=1; wattline_session=s3cr3t ; b=2".parse().unwrap());
+        h.insert(
+            "cookie",
+            "a=1; wattline_session=s3cr3t ; b=2".parse().unwrap(),
+        );
         assert_eq!(cookie(&h, SESSION_COOKIE), Some("s3cr3t"));
         assert_eq!(cookie(&h, "c"), None);
     }
@@ -516,6 +546,10 @@ mod tests {
     fn csrf_tokens_follow_the_session() {
         assert_eq!(csrf_token("s1"), csrf_token("s1"));
         assert_ne!(csrf_token("s1"), csrf_token("s2"));
-        assert_ne!(csrf_token("s1"), hash_token("s1"), "not the stored session hash");
+        assert_ne!(
+            csrf_token("s1"),
+            hash_token("s1"),
+            "not the stored session hash"
+        );
     }
 }

@@ -200,8 +200,13 @@ pub async fn write_line_protocol(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let principal =
-        authenticate(&state, &headers, params.p.as_deref(), &axum::http::Method::POST).await?;
+    let principal = authenticate(
+        &state,
+        &headers,
+        params.p.as_deref(),
+        &axum::http::Method::POST,
+    )
+    .await?;
     let precision = match params.precision.as_deref() {
         None | Some("") => Precision::Ns,
         Some(p) => Precision::parse(p).ok_or_else(|| {

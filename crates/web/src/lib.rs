@@ -96,7 +96,11 @@ pub fn routes() -> Vec<Route> {
         route(M::GET, "/api/v1/users/{id}", accounts::get_user),
         route(M::PATCH, "/api/v1/users/{id}", accounts::patch_user),
         route(M::DELETE, "/api/v1/users/{id}", accounts::delete_user),
-        route(M::DELETE, "/api/v1/users/{id}/sessions", accounts::end_user_sessions),
+        route(
+            M::DELETE,
+            "/api/v1/users/{id}/sessions",
+            accounts::end_user_sessions,
+        ),
         route(M::GET, "/api/v1/audit", accounts::list_audit),
         // sites
         route(M::GET, "/api/v1/sites", admin::list_sites),
@@ -104,10 +108,26 @@ pub fn routes() -> Vec<Route> {
         route(M::GET, "/api/v1/sites/{id}", admin::get_site),
         route(M::PATCH, "/api/v1/sites/{id}", admin::patch_site),
         route(M::DELETE, "/api/v1/sites/{id}", admin::delete_site),
-        route(M::GET, "/api/v1/sites/{id}/tcp-enrollment", tcp::get_enrollment),
-        route(M::PUT, "/api/v1/sites/{id}/tcp-enrollment", tcp::set_enrollment),
-        route(M::GET, "/api/v1/sites/{id}/tokens", admin::list_ingest_tokens),
-        route(M::POST, "/api/v1/sites/{id}/tokens", admin::create_ingest_token),
+        route(
+            M::GET,
+            "/api/v1/sites/{id}/tcp-enrollment",
+            tcp::get_enrollment,
+        ),
+        route(
+            M::PUT,
+            "/api/v1/sites/{id}/tcp-enrollment",
+            tcp::set_enrollment,
+        ),
+        route(
+            M::GET,
+            "/api/v1/sites/{id}/tokens",
+            admin::list_ingest_tokens,
+        ),
+        route(
+            M::POST,
+            "/api/v1/sites/{id}/tokens",
+            admin::create_ingest_token,
+        ),
         route(
             M::DELETE,
             "/api/v1/sites/{id}/tokens/{token_id}",
@@ -119,10 +139,26 @@ pub fn routes() -> Vec<Route> {
         route(M::GET, "/api/v1/devices/{id}", admin::get_device),
         route(M::PATCH, "/api/v1/devices/{id}", admin::patch_device),
         route(M::DELETE, "/api/v1/devices/{id}", admin::delete_device),
-        route(M::POST, "/api/v1/devices/{id}/token", admin::rotate_device_token),
-        route(M::DELETE, "/api/v1/devices/{id}/token", admin::revoke_device_token),
-        route(M::POST, "/api/v1/devices/{id}/mqtt", mqtt::rotate_credential),
-        route(M::DELETE, "/api/v1/devices/{id}/mqtt", mqtt::revoke_credential),
+        route(
+            M::POST,
+            "/api/v1/devices/{id}/token",
+            admin::rotate_device_token,
+        ),
+        route(
+            M::DELETE,
+            "/api/v1/devices/{id}/token",
+            admin::revoke_device_token,
+        ),
+        route(
+            M::POST,
+            "/api/v1/devices/{id}/mqtt",
+            mqtt::rotate_credential,
+        ),
+        route(
+            M::DELETE,
+            "/api/v1/devices/{id}/mqtt",
+            mqtt::revoke_credential,
+        ),
         route(M::GET, "/api/v1/devices/{id}/bindings", mqtt::list_bindings),
         route(M::POST, "/api/v1/devices/{id}/bindings", mqtt::add_binding),
         route(
@@ -204,7 +240,8 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

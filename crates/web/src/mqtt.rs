@@ -211,10 +211,7 @@ fn pending_json(p: &PendingDevice) -> Value {
 }
 
 /// `GET /api/v1/pending-devices`: identities seen on MQTT that no device is bound to.
-pub async fn list_pending(
-    State(state): State<AppState>,
-    caller: Caller,
-) -> ApiResult<Json<Value>> {
+pub async fn list_pending(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     caller.require_admin(false)?;
     // What arrived in the last seconds is listed too, not only what the flusher stored.
     state.hub.flush_pending().await?;
@@ -334,7 +331,15 @@ pub async fn reject_pending(
         .await?;
     tracing::info!(identity = %identity, "pending device rejected");
     let target = format!("identity:{identity}");
-    crate::auth::audit(&state, &caller.actor(), &caller.address, "pending_device_rejected", &target, json!({})).await;
+    crate::auth::audit(
+        &state,
+        &caller.actor(),
+        &caller.address,
+        "pending_device_rejected",
+        &target,
+        json!({}),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -43,10 +43,7 @@ pub fn add_latest(state: &AppState, device: &DeviceId, body: &mut Value) {
     body["latest"] = Value::Object(latest);
 }
 
-pub async fn list_devices(
-    State(state): State<AppState>,
-    caller: Caller,
-) -> ApiResult<Json<Value>> {
+pub async fn list_devices(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     caller.require_reader()?;
     let devices = state.engine.store().list_devices().await?;
     let now = wattline_domain::TsMs::now();

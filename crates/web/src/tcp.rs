@@ -31,7 +31,15 @@ pub async fn set_enrollment(
     }
     tracing::info!(site = %site, open, "TCP meter enrollment changed");
     let target = format!("site:{site}");
-    audit(&state, &caller.actor(), &caller.address, "tcp_enrollment_changed", &target, json!({"open": open})).await;
+    audit(
+        &state,
+        &caller.actor(),
+        &caller.address,
+        "tcp_enrollment_changed",
+        &target,
+        json!({"open": open}),
+    )
+    .await;
     Ok(Json(json!({"site": site, "open": open})))
 }
 

@@ -99,7 +99,9 @@ impl LoginThrottle {
         bound(&mut inner.addresses, now, |s| s.last_seen);
         let a = inner.addresses.entry(address.to_owned()).or_default();
         a.last_seen = Some(now);
-        if a.window_start.is_none_or(|s| now.duration_since(s) > WINDOW) {
+        if a.window_start
+            .is_none_or(|s| now.duration_since(s) > WINDOW)
+        {
             a.window_start = Some(now);
             a.failures = 0;
         }
@@ -211,7 +213,9 @@ mod tests {
             }
         );
         assert!(t.check("someone-new", "203.0.113.6", now).is_ok());
-        assert!(t.check("someone-new", "203.0.113.5", now + ADDRESS_BLOCK).is_ok());
+        assert!(t
+            .check("someone-new", "203.0.113.5", now + ADDRESS_BLOCK)
+            .is_ok());
     }
 
     #[test]

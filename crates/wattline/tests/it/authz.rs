@@ -135,7 +135,10 @@ impl World {
         let id = self.fresh("site");
         self.s.create_site(&id, "Europe/Zurich");
         for user in [&self.owner_a_id, &self.viewer_a_id] {
-            let current = self.s.get(&format!("/api/v1/users/{user}"), Some(ADMIN)).json();
+            let current = self
+                .s
+                .get(&format!("/api/v1/users/{user}"), Some(ADMIN))
+                .json();
             let mut sites: Vec<Value> = current["sites"].as_array().unwrap().clone();
             sites.push(json!(id));
             let r = self.s.patch_json(
@@ -198,7 +201,9 @@ impl World {
             &session.headers(),
             Some((
                 "application/json",
-                json!({"name": "t", "scope": "read"}).to_string().into_bytes(),
+                json!({"name": "t", "scope": "read"})
+                    .to_string()
+                    .into_bytes(),
             )),
         );
         assert_eq!(r.status, 201, "{}", r.body);
@@ -294,9 +299,10 @@ fn case(w: &World, method: &str, path: &str, who: Who) -> Option<(Class, Call)> 
             AdminOnly(200),
             Call::at(format!("/api/v1/users/{}", w.user())).json(json!({"role": "owner"})),
         ),
-        ("DELETE", "/api/v1/users/{id}") => {
-            (AdminOnly(204), Call::at(format!("/api/v1/users/{}", w.user())))
-        }
+        ("DELETE", "/api/v1/users/{id}") => (
+            AdminOnly(204),
+            Call::at(format!("/api/v1/users/{}", w.user())),
+        ),
         ("DELETE", "/api/v1/users/{id}/sessions") => (
             AdminOnly(200),
             Call::at(format!("/api/v1/users/{}/sessions", w.user())),
@@ -332,7 +338,8 @@ fn case(w: &World, method: &str, path: &str, who: Who) -> Option<(Class, Call)> 
             Call::at("/api/v1/sites/site-a/tokens").json(json!({"name": "gateway"})),
         ),
         ("DELETE", "/api/v1/sites/{id}/tokens/{token_id}") => {
-            let r = w.s.post_json("/api/v1/sites/site-a/tokens", Some(ADMIN), &json!({}));
+            let r =
+                w.s.post_json("/api/v1/sites/site-a/tokens", Some(ADMIN), &json!({}));
             let id = r.json()["id"].as_str().unwrap().to_owned();
             (
                 SiteManage(204),
@@ -404,10 +411,8 @@ fn case(w: &World, method: &str, path: &str, who: Who) -> Option<(Class, Call)> 
             };
             (
                 AdminOnly(201),
-                Call::at(format!(
-                    "/api/v1/pending-devices/tasmota/{vendor}/accept"
-                ))
-                .json(json!({"site": "site-a"})),
+                Call::at(format!("/api/v1/pending-devices/tasmota/{vendor}/accept"))
+                    .json(json!({"site": "site-a"})),
             )
         }
         ("POST", "/api/v1/pending-devices/{format}/{vendor_id}/reject") => {
@@ -418,9 +423,7 @@ fn case(w: &World, method: &str, path: &str, who: Who) -> Option<(Class, Call)> 
             };
             (
                 AdminOnly(204),
-                Call::at(format!(
-                    "/api/v1/pending-devices/tasmota/{vendor}/reject"
-                )),
+                Call::at(format!("/api/v1/pending-devices/tasmota/{vendor}/reject")),
             )
         }
         ("GET", "/api/v1/devices/{id}/series") => (
@@ -536,7 +539,9 @@ fn every_route_checks_who_asks() {
     assert_eq!(checked, routes.len() * CALLERS.len());
     // The owner of site B saw lists, but only its own things.
     let b = &w.sessions[&Who::OtherOwner];
-    let devices = w.s.request("GET", "/api/v1/devices", &b.headers(), None).json();
+    let devices =
+        w.s.request("GET", "/api/v1/devices", &b.headers(), None)
+            .json();
     let ids: Vec<&str> = devices
         .as_array()
         .unwrap()
@@ -560,7 +565,12 @@ fn sessions_need_the_csrf_header_and_read_tokens_only_read() {
         &[("Cookie", &session.cookie)],
         body(),
     );
-    assert_eq!((r.status, r.json()["error"]["code"].clone()), (403, json!("csrf")), "{}", r.body);
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (403, json!("csrf")),
+        "{}",
+        r.body
+    );
     let r = s.request(
         "PATCH",
         "/api/v1/sites/site-a",
@@ -571,44 +581,76 @@ fn sessions_need_the_csrf_header_and_read_tokens_only_read() {
     let r = s.request("PATCH", "/api/v1/sites/site-a", &session.headers(), body());
     assert_eq!(r.status, 200, "{}", r.body);
     // Reads need no header.
-    let r = s.request("GET", "/api/v1/sites/site-a", &[("Cookie", &session.cookie)], None);
+    let r = s.request(
+        "GET",
+        "/api/v1/sites/site-a",
+        &[("Cookie", &session.cookie)],
+        None,
+    );
     assert_eq!(r.status, 200);
     // A read token reads the owner's sites and writes nothing.
     let r = s.request(
         "POST",
         "/api/v1/tokens",
         &session.headers(),
-        Some(("application/json", br#"{"name": "pandas", "scope": "read"}"#.to_vec())),
+        Some((
+            "application/json",
+            br#"{"name": "pandas", "scope": "read"}"#.to_vec(),
+        )),
     );
     assert_eq!(r.status, 201, "{}", r.body);
     let read = r.json()["token"].as_str().unwrap().to_owned();
     assert_eq!(s.get("/api/v1/sites/site-a", Some(&read)).status, 200);
     let r = s.patch_json("/api/v1/sites/site-a", Some(&read), &json!({"name": "y"}));
-    assert_eq!((r.status, r.code()), (403, "read_only_token".into()), "{}", r.body);
+    assert_eq!(
+        (r.status, r.code()),
+        (403, "read_only_token".into()),
+        "{}",
+        r.body
+    );
     // A write token narrowed to no site of the user's sees nothing.
     let r = s.request(
         "POST",
         "/api/v1/tokens",
         &session.headers(),
-        Some(("application/json", br#"{"name": "w", "scope": "write", "sites": []}"#.to_vec())),
+        Some((
+            "application/json",
+            br#"{"name": "w", "scope": "write", "sites": []}"#.to_vec(),
+        )),
     );
     let narrow = r.json()["token"].as_str().unwrap().to_owned();
     assert_eq!(s.get("/api/v1/sites/site-a", Some(&narrow)).status, 404);
     // Tokens are listed without their secrets, and revoking one stops it at once.
     let list = s.request("GET", "/api/v1/tokens", &session.headers(), None);
     assert!(!list.body.contains(&read) && list.body.contains("pandas"));
-    let id = list.json().as_array().unwrap().iter().find(|t| t["name"] == "pandas").unwrap()["id"]
+    let id = list
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "pandas")
+        .unwrap()["id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let r = s.request("DELETE", &format!("/api/v1/tokens/{id}"), &session.headers(), None);
+    let r = s.request(
+        "DELETE",
+        &format!("/api/v1/tokens/{id}"),
+        &session.headers(),
+        None,
+    );
     assert_eq!(r.status, 204);
     assert_eq!(s.get("/api/v1/sites/site-a", Some(&read)).status, 401);
     // Logout ends the session server-side: the old cookie no longer works.
     let r = s.request("POST", "/api/v1/auth/logout", &session.headers(), None);
     assert_eq!(r.status, 204);
     assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
-    let r = s.request("GET", "/api/v1/auth/me", &[("Cookie", &session.cookie)], None);
+    let r = s.request(
+        "GET",
+        "/api/v1/auth/me",
+        &[("Cookie", &session.cookie)],
+        None,
+    );
     assert_eq!(r.status, 401);
 }
 
@@ -623,7 +665,9 @@ fn login_cookie_is_hardened_and_disabling_a_user_ends_their_sessions() {
         &[],
         Some((
             "application/json",
-            json!({"email": "ANN@x.test", "password": PASSWORD}).to_string().into_bytes(),
+            json!({"email": "ANN@x.test", "password": PASSWORD})
+                .to_string()
+                .into_bytes(),
         )),
     );
     assert_eq!(r.status, 200, "{}", r.body);
@@ -632,22 +676,53 @@ fn login_cookie_is_hardened_and_disabling_a_user_ends_their_sessions() {
         assert!(cookie.contains(attr), "{cookie} lacks {attr}");
     }
     let session = login(&s, "ann@x.test", PASSWORD);
-    assert_eq!(s.request("GET", "/api/v1/auth/me", &session.headers(), None).status, 200);
-    let r = s.patch_json(&format!("/api/v1/users/{id}"), Some(ADMIN), &json!({"disabled": true}));
+    assert_eq!(
+        s.request("GET", "/api/v1/auth/me", &session.headers(), None)
+            .status,
+        200
+    );
+    let r = s.patch_json(
+        &format!("/api/v1/users/{id}"),
+        Some(ADMIN),
+        &json!({"disabled": true}),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(s.request("GET", "/api/v1/auth/me", &session.headers(), None).status, 401);
+    assert_eq!(
+        s.request("GET", "/api/v1/auth/me", &session.headers(), None)
+            .status,
+        401
+    );
     let r = s.request(
         "POST",
         "/api/v1/auth/login",
         &[],
-        Some(("application/json", json!({"email": "ann@x.test", "password": PASSWORD}).to_string().into_bytes())),
+        Some((
+            "application/json",
+            json!({"email": "ann@x.test", "password": PASSWORD})
+                .to_string()
+                .into_bytes(),
+        )),
     );
     assert_eq!(r.status, 401);
     // The last enabled admin cannot be disabled or deleted.
-    let bob = s.get("/api/v1/users", Some(ADMIN)).json().as_array().unwrap().iter()
-        .find(|u| u["email"] == "bob@x.test").unwrap()["id"].as_str().unwrap().to_owned();
+    let bob = s
+        .get("/api/v1/users", Some(ADMIN))
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["email"] == "bob@x.test")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let r = s.delete(&format!("/api/v1/users/{bob}"), Some(ADMIN));
-    assert_eq!((r.status, r.code()), (409, "last_admin".into()), "{}", r.body);
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "last_admin".into()),
+        "{}",
+        r.body
+    );
     // A password change ends the user's other sessions but not the one making it.
     let first = login(&s, "bob@x.test", PASSWORD);
     let second = login(&s, "bob@x.test", PASSWORD);
@@ -655,11 +730,24 @@ fn login_cookie_is_hardened_and_disabling_a_user_ends_their_sessions() {
         "POST",
         "/api/v1/auth/password",
         &second.headers(),
-        Some(("application/json", json!({"current_password": PASSWORD, "new_password": "another long passphrase"}).to_string().into_bytes())),
+        Some((
+            "application/json",
+            json!({"current_password": PASSWORD, "new_password": "another long passphrase"})
+                .to_string()
+                .into_bytes(),
+        )),
     );
     assert_eq!(r.status, 204, "{}", r.body);
-    assert_eq!(s.request("GET", "/api/v1/auth/me", &first.headers(), None).status, 401);
-    assert_eq!(s.request("GET", "/api/v1/auth/me", &second.headers(), None).status, 200);
+    assert_eq!(
+        s.request("GET", "/api/v1/auth/me", &first.headers(), None)
+            .status,
+        401
+    );
+    assert_eq!(
+        s.request("GET", "/api/v1/auth/me", &second.headers(), None)
+            .status,
+        200
+    );
     login(&s, "bob@x.test", "another long passphrase");
 }
 
@@ -675,7 +763,9 @@ fn repeated_failed_logins_are_slowed_but_the_usual_address_keeps_access() {
             &[],
             Some((
                 "application/json",
-                json!({"email": email, "password": password}).to_string().into_bytes(),
+                json!({"email": email, "password": password})
+                    .to_string()
+                    .into_bytes(),
             )),
         )
     };
@@ -696,12 +786,16 @@ fn repeated_failed_logins_are_slowed_but_the_usual_address_keeps_access() {
     // cannot lock the admin out.
     assert_eq!(attempt("ann@x.test", PASSWORD).status, 200);
     // Every failure is in the audit log with its address.
-    let log = s.get("/api/v1/audit?action=login_failed&limit=100", Some(ADMIN)).json();
+    let log = s
+        .get("/api/v1/audit?action=login_failed&limit=100", Some(ADMIN))
+        .json();
     let failed = log.as_array().unwrap();
     assert_eq!(failed.len(), 10, "{log}");
     assert_eq!(failed[0]["address"], "127.0.0.1");
     assert_eq!(failed[0]["detail"]["reason"], "wrong_password");
-    let throttled = s.get("/api/v1/audit?action=login_throttled", Some(ADMIN)).json();
+    let throttled = s
+        .get("/api/v1/audit?action=login_throttled", Some(ADMIN))
+        .json();
     assert_eq!(throttled.as_array().unwrap().len(), 1);
 }
 
@@ -711,7 +805,11 @@ fn bad_account_input_gets_clear_errors() {
     let post = |body: Value| s.post_json("/api/v1/users", Some(ADMIN), &body);
     let r = post(json!({"email": "a@x.test", "password": PASSWORD, "role": "superuser"}));
     assert_eq!((r.status, r.code()), (400, "bad_role".into()));
-    assert!(r.body.contains("superuser") && r.body.contains("admin, owner or viewer"), "{}", r.body);
+    assert!(
+        r.body.contains("superuser") && r.body.contains("admin, owner or viewer"),
+        "{}",
+        r.body
+    );
     let r = post(json!({"email": "a@x.test", "password": "short", "role": "owner"}));
     assert_eq!((r.status, r.code()), (400, "weak_password".into()));
     assert!(r.body.contains("at least 10 characters"), "{}", r.body);
@@ -719,18 +817,46 @@ fn bad_account_input_gets_clear_errors() {
     assert_eq!(r.code(), "weak_password");
     let r = post(json!({"email": "not-an-email", "password": PASSWORD, "role": "owner"}));
     assert_eq!((r.status, r.code()), (400, "bad_email".into()));
-    let r = post(json!({"email": "a@x.test", "password": PASSWORD, "role": "owner", "sites": ["nowhere"]}));
-    assert_eq!((r.status, r.code()), (400, "unknown_site".into()), "{}", r.body);
-    assert_eq!(post(json!({"email": "a@x.test", "password": PASSWORD, "role": "owner"})).status, 201);
+    let r = post(
+        json!({"email": "a@x.test", "password": PASSWORD, "role": "owner", "sites": ["nowhere"]}),
+    );
+    assert_eq!(
+        (r.status, r.code()),
+        (400, "unknown_site".into()),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        post(json!({"email": "a@x.test", "password": PASSWORD, "role": "owner"})).status,
+        201
+    );
     let r = post(json!({"email": "A@X.test", "password": PASSWORD, "role": "viewer"}));
-    assert_eq!((r.status, r.code()), (409, "duplicate_email".into()), "{}", r.body);
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "duplicate_email".into()),
+        "{}",
+        r.body
+    );
     // Malformed and unknown tokens.
     let r = s.get("/api/v1/sites", Some("has spaces in it"));
-    assert_eq!((r.status, r.code()), (401, "malformed_token".into()), "{}", r.body);
+    assert_eq!(
+        (r.status, r.code()),
+        (401, "malformed_token".into()),
+        "{}",
+        r.body
+    );
     let r = s.get("/api/v1/sites", Some("wlt_0000"));
     assert_eq!((r.status, r.code()), (401, "unauthorized".into()));
-    let r = s.request("GET", "/api/v1/sites", &[("Cookie", "wattline_session=forged")], None);
-    assert_eq!((r.status, r.json()["error"]["code"].clone()), (401, json!("session_expired")));
+    let r = s.request(
+        "GET",
+        "/api/v1/sites",
+        &[("Cookie", "wattline_session=forged")],
+        None,
+    );
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (401, json!("session_expired"))
+    );
     // Nothing above stopped the server.
     assert_eq!(s.get("/healthz", None).status, 200);
 }
@@ -741,11 +867,17 @@ fn bad_account_input_gets_clear_errors() {
 fn a_leaked_database_reveals_no_usable_secret() {
     let mut s = TestServer::start();
     s.create_site("site-a", "UTC");
-    let r = s.post_json("/api/v1/devices", Some(ADMIN), &json!({"id": "m1", "name": "m", "site": "site-a"}));
+    let r = s.post_json(
+        "/api/v1/devices",
+        Some(ADMIN),
+        &json!({"id": "m1", "name": "m", "site": "site-a"}),
+    );
     let device = r.json();
     let device_token = device["token"].as_str().unwrap().to_owned();
     let mqtt_password = device["mqtt"]["password"].as_str().unwrap().to_owned();
-    let site_token = s.post_json("/api/v1/sites/site-a/tokens", Some(ADMIN), &json!({})).json()["token"]
+    let site_token = s
+        .post_json("/api/v1/sites/site-a/tokens", Some(ADMIN), &json!({}))
+        .json()["token"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -757,7 +889,10 @@ fn a_leaked_database_reveals_no_usable_secret() {
             "POST",
             "/api/v1/tokens",
             &session.headers(),
-            Some(("application/json", br#"{"name": "n", "scope": "write"}"#.to_vec())),
+            Some((
+                "application/json",
+                br#"{"name": "n", "scope": "write"}"#.to_vec(),
+            )),
         )
         .json()["token"]
         .as_str()
@@ -787,15 +922,25 @@ fn a_leaked_database_reveals_no_usable_secret() {
     for (what, secret) in secrets {
         assert!(!text.contains(secret), "the {what} is stored in clear");
     }
-    assert!(text.contains("$argon2id$v=19$"), "no argon2id password hash found");
+    assert!(
+        text.contains("$argon2id$v=19$"),
+        "no argon2id password hash found"
+    );
     let device_hash = hex_sha256(&device_token);
-    assert!(text.contains(&device_hash), "the device token's hash is not what is stored");
+    assert!(
+        text.contains(&device_hash),
+        "the device token's hash is not what is stored"
+    );
     // What a thief finds does not open the door.
     let s = s.restart();
     for hash in [device_hash, hex_sha256(&api_token), hex_sha256(&session_id)] {
         assert_eq!(s.get("/api/v1/sites", Some(&hash)).status, 401);
         let cookie = format!("wattline_session={hash}");
-        assert_eq!(s.request("GET", "/api/v1/sites", &[("Cookie", &cookie)], None).status, 401);
+        assert_eq!(
+            s.request("GET", "/api/v1/sites", &[("Cookie", &cookie)], None)
+                .status,
+            401
+        );
     }
     // The real ones still do.
     assert_eq!(s.get("/api/v1/sites", Some(&api_token)).status, 200);
@@ -825,12 +970,18 @@ fn the_first_admin_is_added_from_the_command_line() {
         child.wait_with_output().unwrap()
     };
     let out = add("root@x.test", "admin", PASSWORD);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let created: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(created["role"], "admin");
     // The running server sees the new user at once.
     let session = login(&s, "root@x.test", PASSWORD);
-    let me = s.request("GET", "/api/v1/auth/me", &session.headers(), None).json();
+    let me = s
+        .request("GET", "/api/v1/auth/me", &session.headers(), None)
+        .json();
     assert_eq!(me["user"]["email"], "root@x.test");
     // Bad input is refused with the reason and a failure exit code.
     let out = add("x@x.test", "root", PASSWORD);
