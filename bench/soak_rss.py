@@ -54,7 +54,8 @@ def main():
 
     port = free_port()
     data = tempfile.mkdtemp(prefix="wl-soak-")
-    cmd = [a.binary, "serve", "--http", f"127.0.0.1:{port}", "--data-dir", data]
+    # No MQTT listener: a Mosquitto on 1883 would stop the server, and only HTTP is measured.
+    cmd = [a.binary, "serve", "--http", f"127.0.0.1:{port}", "--mqtt", "off", "--data-dir", data]
     db = None
     if a.backend == "postgres":
         db = f"wl_soak_{os.getpid()}"

@@ -21,6 +21,82 @@ impl Store for SlowAppends {
     fn backend(&self) -> &'static str {
         "slow-sqlite"
     }
+    async fn create_user(&self, user: &User, password_hash: &str) -> Result<()> {
+        self.inner.create_user(user, password_hash).await
+    }
+    async fn get_user(&self, id: &UserId) -> Result<Option<(User, String)>> {
+        self.inner.get_user(id).await
+    }
+    async fn user_by_email(&self, email: &Email) -> Result<Option<(User, String)>> {
+        self.inner.user_by_email(email).await
+    }
+    async fn list_users(&self) -> Result<Vec<User>> {
+        self.inner.list_users().await
+    }
+    async fn update_user(&self, user: &User) -> Result<bool> {
+        self.inner.update_user(user).await
+    }
+    async fn set_user_password(&self, id: &UserId, password_hash: &str) -> Result<bool> {
+        self.inner.set_user_password(id, password_hash).await
+    }
+    async fn delete_user(&self, id: &UserId) -> Result<bool> {
+        self.inner.delete_user(id).await
+    }
+    async fn count_users(&self) -> Result<u64> {
+        self.inner.count_users().await
+    }
+    async fn create_session(&self, session: &Session) -> Result<()> {
+        self.inner.create_session(session).await
+    }
+    async fn get_session(&self, id_hash: &str) -> Result<Option<Session>> {
+        self.inner.get_session(id_hash).await
+    }
+    async fn touch_session(
+        &self,
+        id_hash: &str,
+        last_seen_at: TsMs,
+        expires_at: TsMs,
+    ) -> Result<bool> {
+        self.inner
+            .touch_session(id_hash, last_seen_at, expires_at)
+            .await
+    }
+    async fn delete_session(&self, id_hash: &str) -> Result<bool> {
+        self.inner.delete_session(id_hash).await
+    }
+    async fn delete_user_sessions(&self, user: &UserId, keep: Option<&str>) -> Result<u64> {
+        self.inner.delete_user_sessions(user, keep).await
+    }
+    async fn list_user_sessions(&self, user: &UserId) -> Result<Vec<Session>> {
+        self.inner.list_user_sessions(user).await
+    }
+    async fn purge_sessions(&self, now: TsMs) -> Result<u64> {
+        self.inner.purge_sessions(now).await
+    }
+    async fn create_api_token(&self, token: &ApiToken, token_hash: &str) -> Result<()> {
+        self.inner.create_api_token(token, token_hash).await
+    }
+    async fn api_token_by_hash(&self, token_hash: &str) -> Result<Option<ApiToken>> {
+        self.inner.api_token_by_hash(token_hash).await
+    }
+    async fn list_api_tokens(&self, user: Option<&UserId>) -> Result<Vec<ApiToken>> {
+        self.inner.list_api_tokens(user).await
+    }
+    async fn get_api_token(&self, id: &str) -> Result<Option<ApiToken>> {
+        self.inner.get_api_token(id).await
+    }
+    async fn delete_api_token(&self, id: &str) -> Result<bool> {
+        self.inner.delete_api_token(id).await
+    }
+    async fn touch_api_token(&self, id: &str, used_at: TsMs) -> Result<()> {
+        self.inner.touch_api_token(id, used_at).await
+    }
+    async fn append_audit(&self, event: &AuditEvent) -> Result<i64> {
+        self.inner.append_audit(event).await
+    }
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>> {
+        self.inner.list_audit(query).await
+    }
     async fn create_site(&self, site: &Site) -> Result<()> {
         self.inner.create_site(site).await
     }

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -20,7 +20,7 @@ use crate::auth::{
     audit, csrf_token, hash_password_blocking, hash_token, new_token, verify_password_blocking,
     Caller, ClientAddress, SESSION_COOKIE, SESSION_IDLE_MS,
 };
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiPath, ApiQuery, ApiResult};
 use crate::throttle::Refusal;
 use crate::AppState;
 
@@ -438,7 +438,7 @@ async fn user_or_404(state: &AppState, id: &str) -> ApiResult<User> {
 pub async fn get_user(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     caller.require_admin(false)?;
     Ok(Json(user_json(&user_or_404(&state, &id).await?)))
@@ -476,7 +476,7 @@ async fn keep_an_admin(state: &AppState, user: &User, after: &User) -> ApiResult
 pub async fn patch_user(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
     caller.require_admin(true)?;
@@ -543,7 +543,7 @@ pub async fn patch_user(
 pub async fn delete_user(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     caller.require_admin(true)?;
     let user = user_or_404(&state, &id).await?;
@@ -569,7 +569,7 @@ pub async fn delete_user(
 pub async fn end_user_sessions(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     caller.require_admin(true)?;
     let user = user_or_404(&state, &id).await?;
@@ -692,7 +692,7 @@ pub struct TokenListParams {
 pub async fn list_api_tokens(
     State(state): State<AppState>,
     caller: Caller,
-    Query(params): Query<TokenListParams>,
+    ApiQuery(params): ApiQuery<TokenListParams>,
 ) -> ApiResult<Json<Value>> {
     let store = state.engine.store();
     let tokens = if params.all == Some(true) {
@@ -708,7 +708,7 @@ pub async fn list_api_tokens(
 pub async fn delete_api_token(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     let store = state.engine.store();
     let token = store.get_api_token(&id).await?;
@@ -748,7 +748,7 @@ pub struct AuditParams {
 pub async fn list_audit(
     State(state): State<AppState>,
     caller: Caller,
-    Query(params): Query<AuditParams>,
+    ApiQuery(params): ApiQuery<AuditParams>,
 ) -> ApiResult<Json<Value>> {
     caller.require_admin(false)?;
     let time = |s: &Option<String>, what: &str| {

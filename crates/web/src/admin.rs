@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,7 +14,7 @@ use wattline_domain::{Device, DeviceId, Site, SiteId, TsMs};
 use wattline_storage::IngestToken;
 
 use crate::auth::{audit, hash_token, new_token, Caller};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiPath, ApiResult};
 use crate::AppState;
 
 pub fn parse_device_id(id: &str) -> ApiResult<DeviceId> {
@@ -128,7 +128,7 @@ pub async fn list_sites(State(state): State<AppState>, caller: Caller) -> ApiRes
 pub async fn get_site(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let id = parse_site_id(&id)?;
     let site = caller.readable_site(&state, &id).await?;
@@ -138,7 +138,7 @@ pub async fn get_site(
 pub async fn patch_site(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
     let id = parse_site_id(&id)?;
@@ -162,7 +162,7 @@ pub async fn patch_site(
 pub async fn delete_site(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     let id = parse_site_id(&id)?;
     let site = caller.readable_site(&state, &id).await?;
@@ -194,7 +194,7 @@ struct NewIngestToken {
 pub async fn create_ingest_token(
     State(state): State<AppState>,
     caller: Caller,
-    Path(site): Path<String>,
+    ApiPath(site): ApiPath<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     let site = parse_site_id(&site)?;
@@ -239,7 +239,7 @@ pub async fn create_ingest_token(
 pub async fn list_ingest_tokens(
     State(state): State<AppState>,
     caller: Caller,
-    Path(site): Path<String>,
+    ApiPath(site): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let site = parse_site_id(&site)?;
     caller.manageable_site(&state, &site).await?;
@@ -256,7 +256,7 @@ pub async fn list_ingest_tokens(
 pub async fn delete_ingest_token(
     State(state): State<AppState>,
     caller: Caller,
-    Path((site, id)): Path<(String, String)>,
+    ApiPath((site, id)): ApiPath<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let site = parse_site_id(&site)?;
     caller.manageable_site(&state, &site).await?;
@@ -404,7 +404,7 @@ pub async fn create_device_record(state: &AppState, device: &Device) -> ApiResul
 pub async fn get_device(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let id = parse_device_id(&id)?;
     let device = caller.readable_device(&state, &id).await?;
@@ -417,7 +417,7 @@ pub async fn get_device(
 pub async fn patch_device(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
     let id = parse_device_id(&id)?;
@@ -446,7 +446,7 @@ pub async fn patch_device(
 pub async fn delete_device(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     let id = parse_device_id(&id)?;
     let device = caller.manageable_device(&state, &id).await?;
@@ -466,7 +466,7 @@ pub async fn delete_device(
 pub async fn rotate_device_token(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let id = parse_device_id(&id)?;
     let device = caller.manageable_device(&state, &id).await?;
@@ -481,7 +481,7 @@ pub async fn rotate_device_token(
 pub async fn revoke_device_token(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     let id = parse_device_id(&id)?;
     let device = caller.manageable_device(&state, &id).await?;

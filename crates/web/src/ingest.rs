@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -22,7 +22,7 @@ use wattline_decode::{parse_json_readings, parse_line_protocol, LineError, Outco
 use wattline_domain::{Limits, TsMs};
 
 use crate::auth::{authenticate, Principal};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiQuery, ApiResult};
 use crate::AppState;
 
 /// How many rejected lines an answer lists; the count covers all of them.
@@ -196,7 +196,7 @@ fn partial_error(accepted: usize, outcome: &Outcome) -> ApiError {
 
 pub async fn write_line_protocol(
     State(state): State<AppState>,
-    Query(params): Query<WriteParams>,
+    ApiQuery(params): ApiQuery<WriteParams>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {

@@ -1,7 +1,7 @@
 //! MQTT administration: device credentials, topic bindings (owners of the device's site), pending
 //! devices (admins: accepting one places a device in a site).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,7 +14,7 @@ use wattline_storage::{Binding, PendingDevice, StoreError};
 
 use crate::admin::{device_json, parse_body, parse_device_id};
 use crate::auth::{new_token, Caller};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiPath, ApiResult};
 use crate::AppState;
 
 /// `"binding": {"format": "tasmota", "id": "plug1"}` in a device body.
@@ -115,7 +115,7 @@ pub async fn bind(
 pub async fn rotate_credential(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let id = parse_device_id(&id)?;
     let device = caller.manageable_device(&state, &id).await?;
@@ -129,7 +129,7 @@ pub async fn rotate_credential(
 pub async fn revoke_credential(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     let id = parse_device_id(&id)?;
     let device = caller.manageable_device(&state, &id).await?;
@@ -147,7 +147,7 @@ pub async fn revoke_credential(
 pub async fn list_bindings(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let id = parse_device_id(&id)?;
     caller.readable_device(&state, &id).await?;
@@ -160,7 +160,7 @@ pub async fn list_bindings(
 pub async fn add_binding(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     let id = parse_device_id(&id)?;
@@ -174,7 +174,7 @@ pub async fn add_binding(
 pub async fn delete_binding(
     State(state): State<AppState>,
     caller: Caller,
-    Path((id, format, vendor_id)): Path<(String, String, String)>,
+    ApiPath((id, format, vendor_id)): ApiPath<(String, String, String)>,
 ) -> ApiResult<StatusCode> {
     let id = parse_device_id(&id)?;
     let device = caller.manageable_device(&state, &id).await?;
@@ -236,7 +236,7 @@ struct AcceptBody {
 pub async fn accept_pending(
     State(state): State<AppState>,
     caller: Caller,
-    Path((format, vendor_id)): Path<(String, String)>,
+    ApiPath((format, vendor_id)): ApiPath<(String, String)>,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     caller.require_admin(true)?;
@@ -313,7 +313,7 @@ pub async fn accept_pending(
 pub async fn reject_pending(
     State(state): State<AppState>,
     caller: Caller,
-    Path((format, vendor_id)): Path<(String, String)>,
+    ApiPath((format, vendor_id)): ApiPath<(String, String)>,
 ) -> ApiResult<StatusCode> {
     caller.require_admin(true)?;
     let identity = BindingBody {

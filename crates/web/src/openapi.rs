@@ -188,7 +188,7 @@ pub fn spec() -> Value {
         "/api/v1/devices/{id}/bindings": {
           "parameters": [device_id.clone()],
           "get": {"summary": "Vendor topic identities bound to the device",
-            "responses": admin_errors(json!({"200": ok_json("Bindings", json!({"type": "object"}))}))},
+            "responses": admin_errors(json!({"200": ok_json("Bindings", json!({"type": "object"})), "404": err("No such device")}))},
           "post": {"summary": "Bind a vendor topic identity (Tasmota topic, Shelly id, ...) to the device",
             "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Binding"}}}},
             "responses": admin_errors(json!({"201": ok_json("Bound", json!({"type": "object"})), "400": err("Bad binding"), "404": err("No such device"), "409": err("Identity bound to another device")}))}},

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,7 +14,7 @@ use wattline_domain::time::local_month;
 use wattline_domain::{Agg, BucketTier, ChannelName, DeviceId, Point, Quantity, SeriesId, TsMs};
 
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiPath, ApiQuery, ApiResult};
 use crate::AppState;
 
 const DEFAULT_MAX_POINTS: usize = 1000;
@@ -134,8 +134,8 @@ fn pick_series(
 pub async fn series(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
-    Query(p): Query<RangeParams>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(p): ApiQuery<RangeParams>,
 ) -> ApiResult<Json<Value>> {
     let device = readable_device(&state, &caller, &id)?;
     let (from, to) = parse_range(&p, TsMs::DAY)?;
@@ -247,8 +247,8 @@ fn stats_json(agg: &Agg) -> Value {
 pub async fn stats(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
-    Query(p): Query<RangeParams>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(p): ApiQuery<RangeParams>,
 ) -> ApiResult<Json<Value>> {
     let device = readable_device(&state, &caller, &id)?;
     let (from, to) = parse_range(&p, TsMs::DAY)?;
@@ -276,8 +276,8 @@ pub async fn stats(
 pub async fn energy(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
-    Query(p): Query<RangeParams>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(p): ApiQuery<RangeParams>,
 ) -> ApiResult<Json<Value>> {
     let device = readable_device(&state, &caller, &id)?;
     let interval = p.interval.as_deref().unwrap_or("day");
@@ -337,7 +337,7 @@ pub struct ExportParams {
 pub async fn export(
     State(state): State<AppState>,
     caller: Caller,
-    Query(p): Query<ExportParams>,
+    ApiQuery(p): ApiQuery<ExportParams>,
 ) -> ApiResult<Response> {
     caller.require_reader()?;
     if let Some(f) = p.format.as_deref() {

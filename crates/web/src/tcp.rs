@@ -1,13 +1,13 @@
 //! TCP socket meters: whether a site enrolls meters that ask for an id (the site's managers).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::admin::{parse_body, parse_site_id};
 use crate::auth::{audit, Caller};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiPath, ApiResult};
 use crate::AppState;
 
 #[derive(Deserialize)]
@@ -20,7 +20,7 @@ struct Enrollment {
 pub async fn set_enrollment(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
     let site = parse_site_id(&id)?;
@@ -47,7 +47,7 @@ pub async fn set_enrollment(
 pub async fn get_enrollment(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let site = parse_site_id(&id)?;
     caller.readable_site(&state, &site).await?;
