@@ -87,6 +87,10 @@ fn session_cookie(state: &AppState, value: &str, max_age_s: i64) -> HeaderValue 
 
 // ---- login, logout, me, password
 
+/// An e-mail and a password of at most 1024 bytes fit with room to spare; anything larger is
+/// not a login and is refused before parsing or hashing.
+const MAX_LOGIN_BODY: usize = 4096;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LoginBody {
@@ -100,6 +104,13 @@ pub async fn login(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
+    if body.len() > MAX_LOGIN_BODY {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("a login body is at most {MAX_LOGIN_BODY} bytes"),
+        ));
+    }
     let login: LoginBody = parse_body(&body)?;
     let account = login.email.trim().to_lowercase();
     if let Err(refusal) = state.throttle.check(&account, &address, Instant::now()) {

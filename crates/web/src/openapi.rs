@@ -286,6 +286,7 @@ fn add_accounts(doc: &mut Value) {
             "200": ok_json("Logged in", json!({"type": "object", "properties": {"user": user.clone(),
                 "csrf_token": {"type": "string"}, "expires_at": {"type": "string"}}})),
             "400": err("Malformed body"), "401": err("Wrong e-mail or password, or a disabled account"),
+            "413": err("Body over 4 KiB"),
             "429": err("Too many failed logins for the account or from the address; see Retry-After")}}});
     paths["/api/v1/auth/logout"] = json!({"post": {"summary": "End the browser session",
         "responses": admin_errors(json!({"204": {"description": "Logged out"}}))}});

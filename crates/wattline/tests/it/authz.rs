@@ -857,6 +857,12 @@ fn bad_account_input_gets_clear_errors() {
         (r.status, r.json()["error"]["code"].clone()),
         (401, json!("session_expired"))
     );
+    // A login body is small; a huge one is refused before any parsing or hashing.
+    let huge = json!({"email": "a@x.test", "password": "p".repeat(10_000)});
+    let r = s.post_json("/api/v1/auth/login", None, &huge);
+    assert_eq!((r.status, r.code()), (413, "body_too_large".into()));
+    let r = s.post_json("/api/v1/auth/login", None, &json!({"email": "a@x.test"}));
+    assert_eq!((r.status, r.code()), (400, "bad_json".into()), "{}", r.body);
     // Nothing above stopped the server.
     assert_eq!(s.get("/healthz", None).status, 200);
 }
