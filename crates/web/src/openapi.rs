@@ -82,7 +82,9 @@ pub fn spec() -> Value {
           "Site": {"type": "object", "properties": {"id": {"type": "string"}, "name": {"type": "string"},
             "timezone": {"type": "string"}, "created_at": {"type": "string"}}},
           "NewSite": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
-            "id": {"type": "string"}, "name": {"type": "string"}, "timezone": {"type": "string"}}},
+            "id": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,64}$"},
+            "name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "\\S"},
+            "timezone": {"type": "string", "description": "IANA zone, e.g. Europe/Zurich", "example": "Europe/Zurich"}}},
           "Device": {"type": "object", "properties": {"id": {"type": "string"}, "name": {"type": "string"},
             "site": {"type": "string"}, "kind": {"type": "string"},
             "labels": {"type": "object", "additionalProperties": {"type": "string"}},
@@ -100,7 +102,9 @@ pub fn spec() -> Value {
             "format": {"type": "string", "enum": ["tasmota", "shelly", "emoncms", "esp32", "clemap"]},
             "id": {"type": "string", "description": "Tasmota topic, Shelly id or prefix, emoncms node, ESP32 topic prefix, Clemap serial"}}},
           "NewDevice": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
-            "id": {"type": "string"}, "name": {"type": "string"}, "site": {"type": "string"},
+            "id": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,64}$"},
+            "name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "\\S"},
+            "site": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,64}$"},
             "kind": {"type": "string"}, "labels": {"type": "object", "additionalProperties": {"type": "string"}},
             "binding": {"$ref": "#/components/schemas/Binding"}}},
           "Series": {"type": "object", "properties": {
@@ -303,7 +307,7 @@ fn add_accounts(doc: &mut Value) {
             "responses": admin_errors(json!({"200": ok_json("Tokens", json!({"type": "array", "items": token.clone()}))}))},
         "post": {"summary": "Create an API token; the secret is shown only in this answer",
             "requestBody": body(json!({"type": "object", "required": ["name", "scope"], "additionalProperties": false, "properties": {
-                "name": {"type": "string"}, "scope": {"type": "string", "enum": ["read", "write"]},
+                "name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "\\S"}, "scope": {"type": "string", "enum": ["read", "write"]},
                 "sites": {"type": "array", "items": {"type": "string"}, "description": "Narrow to these of the user's sites"},
                 "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 3650}}})),
             "responses": admin_errors(json!({"201": ok_json("Created", token.clone())}))}});
@@ -314,7 +318,7 @@ fn add_accounts(doc: &mut Value) {
         "get": {"summary": "Every user (admins)", "responses": admin_errors(json!({"200": ok_json("Users", users)}))},
         "post": {"summary": "Create a user (admins)", "description": format!("Password rule: {rule}."),
             "requestBody": body(json!({"type": "object", "required": ["email", "password", "role"], "additionalProperties": false, "properties": {
-                "email": {"type": "string"}, "password": {"type": "string"},
+                "email": {"type": "string", "format": "email"}, "password": {"type": "string", "minLength": 10, "maxLength": 1024},
                 "role": {"type": "string", "enum": ["admin", "owner", "viewer"]},
                 "sites": {"type": "array", "items": {"type": "string"}}}})),
             "responses": admin_errors(json!({"201": ok_json("Created", user.clone()), "409": err("E-mail taken")}))}});
