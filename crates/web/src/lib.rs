@@ -8,9 +8,15 @@ pub mod ingest;
 pub mod mqtt;
 pub mod openapi;
 pub mod query;
+pub mod ratelimit;
+pub mod security;
 pub mod tcp;
+pub mod tls;
+
+pub use tls::serve_tls;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -42,16 +48,29 @@ pub struct AppState {
     pub default_site: Arc<str>,
     /// Zone given to sites created without one.
     pub default_timezone: String,
+    /// Per-client-address limit on the ingest routes.
+    pub ingest_limiter: Arc<ratelimit::RateLimiter>,
 }
 
 pub fn router(state: AppState) -> Router {
+    let ingest_limit =
+        axum::middleware::from_fn_with_state(state.ingest_limiter.clone(), ratelimit::limit);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(openapi::document))
-        .route("/api/v1/readings", post(ingest::write_json))
-        .route("/write", post(ingest::write_line_protocol))
-        .route("/api/v2/write", post(ingest::write_line_protocol))
+        .route(
+            "/api/v1/readings",
+            post(ingest::write_json).layer(ingest_limit.clone()),
+        )
+        .route(
+            "/write",
+            post(ingest::write_line_protocol).layer(ingest_limit.clone()),
+        )
+        .route(
+            "/api/v2/write",
+            post(ingest::write_line_protocol).layer(ingest_limit),
+        )
         .route(
             "/api/v1/sites",
             get(admin::list_sites).post(admin::create_site),
@@ -140,6 +159,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         if let Some(tcp) = &state.tcp_metrics {
             text.push_str(&tcp());
         }
+        text.push_str(&state.ingest_limiter.render());
         text
     })
         .into_response()
@@ -154,12 +174,17 @@ async fn not_found() -> error::ApiError {
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then finishes in-flight requests.
+/// [`serve_tls`] is the HTTPS twin.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = security::apply(router(state), false);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

@@ -12,3 +12,4 @@ mod query;
 mod simulate;
 mod support;
 mod tcp;
+mod tls;
