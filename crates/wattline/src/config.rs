@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub http: String,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_self_signed: bool,
     pub mqtt: String,
     pub mqtts: Option<String>,
     pub mqtt_tls_cert: Option<PathBuf>,
@@ -31,6 +34,7 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub timezone: String,
     pub max_body_bytes: usize,
+    pub ingest_rate_limit: u32,
     pub retention_raw_days: u32,
     pub retention_minute_days: u32,
     pub retention_hour_days: u32,
@@ -48,6 +52,9 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             http: "0.0.0.0:8080".into(),
+            tls_cert: None,
+            tls_key: None,
+            tls_self_signed: false,
             mqtt: "0.0.0.0:1883".into(),
             mqtts: None,
             mqtt_tls_cert: None,
@@ -64,6 +71,7 @@ impl Default for Config {
             admin_token: None,
             timezone: "UTC".into(),
             max_body_bytes: 16 * 1024 * 1024,
+            ingest_rate_limit: 1_000,
             retention_raw_days: 30,
             retention_minute_days: 365,
             retention_hour_days: 0,
@@ -83,6 +91,9 @@ impl Default for Config {
 pub fn docs() -> &'static [(&'static str, &'static str)] {
     &[
         ("http", "Address of the HTTP API (port 0 picks a free port; the bound address is logged)."),
+        ("tls_cert", "PEM certificate chain for HTTPS; with `tls_key` the HTTP API serves HTTPS only."),
+        ("tls_key", "PEM private key for HTTPS (with `tls_cert`)."),
+        ("tls_self_signed", "Without `tls_cert`/`tls_key`: serve HTTPS with a self-signed certificate, generated on first start in `<data_dir>/tls/` and reused; its SHA-256 fingerprint is logged."),
         ("mqtt", "Address of the built-in MQTT broker (3.1.1 and 5; port 0 picks a free port; `off` disables it). Not started when `mqtt_broker` is set."),
         ("mqtts", "Address of the built-in broker's TLS listener (needs `mqtt_tls_cert` and `mqtt_tls_key`)."),
         ("mqtt_tls_cert", "PEM certificate chain for `mqtts`."),
@@ -99,6 +110,7 @@ pub fn docs() -> &'static [(&'static str, &'static str)] {
         ("admin_token", "The admin token. Unset: read from `<data_dir>/admin-token`, generated there (mode 600) on first start."),
         ("timezone", "IANA time zone of the default site and of sites created without one."),
         ("max_body_bytes", "Largest request body accepted (after gzip decompression)."),
+        ("ingest_rate_limit", "Ingest requests per second per client address (bursts of twice that); more get 429. 0 = no limit."),
         ("retention_raw_days", "Days raw readings are kept (0 = forever)."),
         ("retention_minute_days", "Days per-minute rollups are kept (0 = forever)."),
         ("retention_hour_days", "Days hourly rollups are kept (0 = forever)."),
@@ -117,6 +129,10 @@ pub fn docs() -> &'static [(&'static str, &'static str)] {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub http: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// `--tls-self-signed` given; it can only switch the option on.
+    pub tls_self_signed: bool,
     pub mqtt: Option<String>,
     pub mqtts: Option<String>,
     pub mqtt_broker: Option<String>,
@@ -188,6 +204,14 @@ impl Config {
             }
         };
         set("http", flags.http.clone());
+        set(
+            "tls_cert",
+            flags.tls_cert.as_ref().map(|p| p.display().to_string()),
+        );
+        set(
+            "tls_key",
+            flags.tls_key.as_ref().map(|p| p.display().to_string()),
+        );
         set("mqtt", flags.mqtt.clone());
         set("mqtts", flags.mqtts.clone());
         set("mqtt_broker", flags.mqtt_broker.clone());
@@ -198,7 +222,16 @@ impl Config {
         );
         set("database", flags.database.clone());
         set("log_format", flags.log_format.clone());
-        let config: Config = table.try_into().context("invalid configuration")?;
+        if flags.tls_self_signed {
+            table.insert("tls_self_signed".into(), toml::Value::Boolean(true));
+        }
+        let mut config: Config = table.try_into().context("invalid configuration")?;
+        // An empty value (`WATTLINE_TLS_CERT=` in a compose file) means unset, not "the file ''".
+        for path in [&mut config.tls_cert, &mut config.tls_key] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                *path = None;
+            }
+        }
         config.validate()?;
         Ok((config, warnings))
     }
@@ -212,6 +245,17 @@ impl Config {
         }
         if self.tcp_max_connections == 0 {
             bail!("tcp_max_connections must be at least 1");
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), None) => bail!(
+                "tls_cert is set ({}) but tls_key is not; HTTPS needs both PEM files (or neither, with tls_self_signed)",
+                cert.display()
+            ),
+            (None, Some(key)) => bail!(
+                "tls_key is set ({}) but tls_cert is not; HTTPS needs both PEM files (or neither, with tls_self_signed)",
+                key.display()
+            ),
+            _ => {}
         }
         if let Some(a) = &self.mqtts {
             parse_addr("mqtts", a)?;
@@ -303,6 +347,8 @@ mod tests {
     #[test]
     fn every_option_is_documented() {
         let mut fields: Vec<String> = toml::Table::try_from(Config {
+            tls_cert: Some(PathBuf::new()),
+            tls_key: Some(PathBuf::new()),
             database: Some(String::new()),
             admin_token: Some(String::new()),
             mqtts: Some(String::new()),
@@ -389,6 +435,55 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{err:#}").contains("Mars/Olympus"));
+    }
+
+    #[test]
+    fn https_needs_both_files_and_takes_them_from_any_layer() {
+        let (c, _) = Config::load(None, &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(
+            (c.tls_cert, c.tls_key, c.tls_self_signed),
+            (None, None, false)
+        );
+        assert_eq!(c.ingest_rate_limit, 1000);
+        let e = env(&[
+            ("WATTLINE_TLS_CERT", "/env/cert.pem"),
+            ("WATTLINE_TLS_KEY", "/env/key.pem"),
+            ("WATTLINE_TLS_SELF_SIGNED", "true"),
+            ("WATTLINE_INGEST_RATE_LIMIT", "0"),
+        ]);
+        let (c, _) = Config::load(None, &e, &Overrides::default()).unwrap();
+        assert_eq!(c.tls_cert, Some(PathBuf::from("/env/cert.pem")));
+        assert!(c.tls_self_signed);
+        assert_eq!(c.ingest_rate_limit, 0);
+        let flags = Overrides {
+            tls_cert: Some("/flag/cert.pem".into()),
+            tls_self_signed: true,
+            ..Default::default()
+        };
+        let (c, _) = Config::load(None, &e, &flags).unwrap();
+        assert_eq!(
+            c.tls_cert,
+            Some(PathBuf::from("/flag/cert.pem")),
+            "flag wins"
+        );
+        assert_eq!(c.tls_key, Some(PathBuf::from("/env/key.pem")));
+
+        let err = Config::load(None, &env(&[]), &flags).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("tls_key is not") && msg.contains("/flag/cert.pem"),
+            "{msg}"
+        );
+        let err = Config::load(
+            None,
+            &env(&[
+                ("WATTLINE_TLS_KEY", "/env/key.pem"),
+                ("WATTLINE_TLS_CERT", ""),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("tls_cert is not"), "{err:#}");
     }
 
     #[test]

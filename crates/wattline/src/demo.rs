@@ -50,6 +50,11 @@ fn local(addr: &str) -> String {
 }
 
 pub fn prepare(mut config: Config, chosen: Chosen) -> anyhow::Result<(Config, String)> {
+    // The simulated meters and the enrollment call speak plain http://.
+    anyhow::ensure!(
+        config.tls_cert.is_none() && !config.tls_self_signed,
+        "the demo serves plain HTTP (its simulated meters use http://); use `wattline serve` for HTTPS"
+    );
     config.http = free_or_same("HTTP", &config.http, chosen.http)?;
     if config.mqtt != "off" {
         config.mqtt = free_or_same("MQTT", &config.mqtt, chosen.mqtt)?;

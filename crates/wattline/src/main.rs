@@ -4,6 +4,7 @@ mod config;
 mod demo;
 mod import;
 mod serve;
+mod tls;
 mod user;
 
 use std::path::PathBuf;
@@ -50,6 +51,15 @@ struct ServeArgs {
     /// HTTP API address, e.g. 0.0.0.0:8080 (port 0 picks a free one).
     #[arg(long)]
     http: Option<String>,
+    /// PEM certificate chain: with --tls-key, the HTTP API serves HTTPS only.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a self-signed certificate made on first start in <data-dir>/tls/.
+    #[arg(long)]
+    tls_self_signed: bool,
     /// Built-in MQTT broker address, e.g. 0.0.0.0:1883 (port 0 picks a free one; `off` disables).
     #[arg(long)]
     mqtt: Option<String>,
@@ -118,6 +128,9 @@ impl StorageArgs {
         ServeArgs {
             config: self.config,
             http: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_self_signed: false,
             mqtt: None,
             mqtts: None,
             mqtt_broker: None,
@@ -159,6 +172,9 @@ fn load_config(args: ServeArgs) -> anyhow::Result<(config::Config, demo::Chosen)
     };
     let flags = config::Overrides {
         http: args.http,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        tls_self_signed: args.tls_self_signed,
         mqtt: args.mqtt,
         mqtts: args.mqtts,
         mqtt_broker: args.mqtt_broker,

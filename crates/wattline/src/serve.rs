@@ -196,6 +196,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })?),
         None => None,
     };
+    // Before storage: a certificate problem should stop the start-up before anything is touched.
+    let https = crate::tls::https_config(&config)?;
     let store = open_store(&config).await?;
     ensure_default_site(&store, &config.timezone).await?;
     let admin_token_hash = admin_token_hash(&config)?;
@@ -319,11 +321,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         default_site: DEFAULT_SITE.into(),
         default_timezone: config.timezone.clone(),
         throttle: Default::default(),
-        secure_cookies: false,
+        secure_cookies: https.is_some(),
+        ingest_limiter: Arc::new(wattline_web::ratelimit::RateLimiter::new(
+            config.ingest_rate_limit,
+        )),
     };
     let bound = listener.local_addr()?;
-    tracing::info!(http_addr = %bound, "Wattline HTTP API listening on http://{bound}");
-    wattline_web::serve(listener, state, shutdown_signal()).await?;
+    match https {
+        Some(tls) => {
+            tracing::info!(http_addr = %bound, "Wattline HTTP API listening on https://{bound} (HTTPS only)");
+            wattline_web::serve_tls(listener, tls, state, shutdown_signal()).await?;
+        }
+        None => {
+            tracing::info!(http_addr = %bound, "Wattline HTTP API listening on http://{bound}");
+            wattline_web::serve(listener, state, shutdown_signal()).await?;
+        }
+    }
     // MQTT and TCP meters stop after HTTP: acknowledged messages are already durable, and the
     // engine's shutdown below flushes the rest.
     let _ = stop_tx.send(true);

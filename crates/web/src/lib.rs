@@ -9,10 +9,16 @@ pub mod ingest;
 pub mod mqtt;
 pub mod openapi;
 pub mod query;
+pub mod ratelimit;
+pub mod security;
 pub mod tcp;
 pub mod throttle;
+pub mod tls;
+
+pub use tls::serve_tls;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -48,6 +54,8 @@ pub struct AppState {
     pub throttle: Arc<throttle::LoginThrottle>,
     /// Session cookies get `Secure` when the API is served over HTTPS.
     pub secure_cookies: bool,
+    /// Per-client-address limit on the ingest routes.
+    pub ingest_limiter: Arc<ratelimit::RateLimiter>,
 }
 
 /// One route of the API. The router, the OpenAPI check and the authorization test all read
@@ -56,6 +64,15 @@ pub struct Route {
     pub method: Method,
     pub path: &'static str,
     handler: MethodRouter<AppState>,
+    /// Ingest routes are limited per client address (`ingest_rate_limit`).
+    pub rate_limited: bool,
+}
+
+impl Route {
+    fn rate_limited(mut self) -> Route {
+        self.rate_limited = true;
+        self
+    }
 }
 
 fn route<H, T>(method: Method, path: &'static str, handler: H) -> Route
@@ -68,6 +85,7 @@ where
         method,
         path,
         handler: axum::routing::on(filter, handler),
+        rate_limited: false,
     }
 }
 
@@ -79,9 +97,9 @@ pub fn routes() -> Vec<Route> {
         route(M::GET, "/metrics", metrics),
         route(M::GET, "/api/v1/openapi.json", openapi::document),
         // ingest
-        route(M::POST, "/api/v1/readings", ingest::write_json),
-        route(M::POST, "/write", ingest::write_line_protocol),
-        route(M::POST, "/api/v2/write", ingest::write_line_protocol),
+        route(M::POST, "/api/v1/readings", ingest::write_json).rate_limited(),
+        route(M::POST, "/write", ingest::write_line_protocol).rate_limited(),
+        route(M::POST, "/api/v2/write", ingest::write_line_protocol).rate_limited(),
         // login and the caller's own account
         route(M::POST, "/api/v1/auth/login", accounts::login),
         route(M::POST, "/api/v1/auth/logout", accounts::logout),
@@ -186,9 +204,18 @@ pub fn routes() -> Vec<Route> {
 }
 
 pub fn router(state: AppState) -> Router {
+    let ingest_limit =
+        axum::middleware::from_fn_with_state(state.ingest_limiter.clone(), ratelimit::limit);
     routes()
         .into_iter()
-        .fold(Router::new(), |router, r| router.route(r.path, r.handler))
+        .fold(Router::new(), |router, r| {
+            let handler = if r.rate_limited {
+                r.handler.layer(ingest_limit.clone())
+            } else {
+                r.handler
+            };
+            router.route(r.path, handler)
+        })
         .fallback(not_found)
         .with_state(state)
 }
@@ -219,6 +246,7 @@ async fn metrics(State(state): State<AppState>, caller: auth::Caller) -> ApiResu
         if let Some(tcp) = &state.tcp_metrics {
             text.push_str(&tcp());
         }
+        text.push_str(&state.ingest_limiter.render());
         text
     })
         .into_response())
@@ -235,13 +263,17 @@ async fn not_found() -> error::ApiError {
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then finishes in-flight requests.
+/// [`serve_tls`] is the HTTPS twin.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = security::apply(router(state), false);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

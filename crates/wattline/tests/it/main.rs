@@ -13,3 +13,4 @@ mod query;
 mod simulate;
 mod support;
 mod tcp;
+mod tls;

@@ -74,6 +74,8 @@ pub struct Options {
 
 pub struct TestServer {
     child: Option<Child>,
+    /// `http://127.0.0.1:port`, or `https://…` when TLS is on (the request helpers below speak
+    /// plain HTTP only; tls.rs has an HTTPS client).
     pub base: String,
     /// `127.0.0.1:port` of the built-in MQTT broker, when it runs.
     pub mqtt: Option<String>,
@@ -88,9 +90,12 @@ pub struct TestServer {
     agent: ureq::Agent,
 }
 
+#[derive(Debug)]
 pub struct Reply {
     pub status: u16,
     pub body: String,
+    /// Lower-case names.
+    pub headers: Vec<(String, String)>,
 }
 
 /// A reply with its headers, for tests that look at cookies and security headers.
@@ -114,6 +119,13 @@ impl FullReply {
 }
 
 impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
@@ -174,7 +186,7 @@ impl TestServer {
         let log2 = log.clone();
         let log_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                for scheme in ["mqtt", "tcp", "http"] {
+                for scheme in ["mqtt", "tcp", "http", "https"] {
                     if let Some(rest) = line.split(&format!("listening on {scheme}://")).nth(1) {
                         // Text or JSON logs: the address ends where host:port characters end.
                         let addr: String = rest
@@ -194,9 +206,9 @@ impl TestServer {
         // The broker is announced before the HTTP API, which comes last.
         let mut mqtt = None;
         let mut tcp = None;
-        let addr = loop {
+        let base = loop {
             match rx.recv_timeout(Duration::from_secs(60)) {
-                Ok(("http", a)) => break a,
+                Ok((scheme @ ("http" | "https"), a)) => break format!("{scheme}://{a}"),
                 Ok(("tcp", a)) => tcp = Some(a),
                 Ok((_, a)) => mqtt = Some(a),
                 Err(_) => {
@@ -212,7 +224,7 @@ impl TestServer {
             .into();
         TestServer {
             child: Some(child),
-            base: format!("http://{addr}"),
+            base,
             mqtt,
             tcp,
             data_dir,
@@ -336,13 +348,18 @@ impl TestServer {
         };
         let mut resp = result.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let status = resp.status().as_u16();
+        let headers = header_list(resp.headers());
         let body = resp
             .body_mut()
             .with_config()
             .limit(1 << 30)
             .read_to_string()
             .unwrap_or_default();
-        Reply { status, body }
+        Reply {
+            status,
+            body,
+            headers,
+        }
     }
 
     pub fn get(&self, path: &str, token: Option<&str>) -> Reply {
@@ -428,8 +445,13 @@ impl TestServer {
         }
         let mut resp = r.send(&body[..]).expect("post");
         let status = resp.status().as_u16();
+        let headers = header_list(resp.headers());
         let body = resp.body_mut().read_to_string().unwrap_or_default();
-        Reply { status, body }
+        Reply {
+            status,
+            body,
+            headers,
+        }
     }
 
     // ---- conveniences
@@ -495,6 +517,18 @@ impl Drop for TestServer {
             eprintln!("---- wattline log ----\n{}", self.log());
         }
     }
+}
+
+fn header_list(headers: &ureq::http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
 }
 
 /// A loopback port free right now (bind to port 0, read it, release it), for servers that must
