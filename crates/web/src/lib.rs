@@ -210,7 +210,9 @@ pub fn router(state: AppState) -> Router {
         .into_iter()
         .fold(Router::new(), |router, r| {
             let handler = if r.rate_limited {
-                r.handler.layer(ingest_limit.clone())
+                r.handler
+                    .layer(ingest_limit.clone())
+                    .layer(axum::middleware::map_response(close_if_refused_early))
             } else {
                 r.handler
             };
@@ -218,6 +220,19 @@ pub fn router(state: AppState) -> Router {
         })
         .fallback(not_found)
         .with_state(state)
+}
+
+/// Ingest answers 401, 403, 413 and 429 before reading the body. The unread body makes the
+/// connection unusable, so the answer says `Connection: close`; a client that reused it
+/// would otherwise see its next request fail with a reset instead of getting an answer.
+async fn close_if_refused_early(mut response: Response) -> Response {
+    if matches!(response.status().as_u16(), 401 | 403 | 413 | 429) {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {

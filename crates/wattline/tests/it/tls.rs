@@ -408,7 +408,7 @@ fn the_ingest_rate_limit_answers_429_and_lets_the_address_back_in() {
         assert_eq!(s.get("/healthz", None).status, 200);
     }
 
-    let metrics = s.get("/metrics", None).body;
+    let metrics = s.get("/metrics", Some(ADMIN)).body;
     let count: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("wattline_http_rate_limited_total "))
