@@ -289,6 +289,8 @@ struct Writer {
     /// Newest chunked timestamp per series: newer points may wait in the buffer, older ones
     /// must be merged into their chunk.
     chunked_last: HashMap<i64, i64>,
+    /// Set by the store's `Drop`: finish up and release the file.
+    stop: bool,
 }
 
 /// Chunk encoding in flight: the encoded rows arrive on `rows`.
@@ -576,6 +578,20 @@ pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
     readers: Arc<Mutex<Vec<Connection>>>,
     buffer: Arc<Mutex<Unchunked>>,
+    /// Joined on drop, so that a dropped store has chunked its buffer, checkpointed and
+    /// released the file before anyone opens it again.
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Jobs already queued run first; the stop flag ends the loop after them. This blocks
+        // the dropping thread for the final chunking, which happens once, at shutdown.
+        let _ = self.jobs.send(Box::new(|w: &mut Writer| w.stop = true));
+        if let Some(thread) = self.writer_thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl SqliteStore {
@@ -621,8 +637,9 @@ impl SqliteStore {
             encoding: None,
             encoder,
             chunked_last,
+            stop: false,
         };
-        std::thread::Builder::new()
+        let writer_thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
                 while let Ok(job) = rx.recv() {
@@ -635,6 +652,9 @@ impl SqliteStore {
                         if !writer.conn.is_autocommit() {
                             let _ = writer.conn.execute_batch("ROLLBACK");
                         }
+                    }
+                    if writer.stop {
+                        break;
                     }
                 }
                 if let Err(e) = chunkify(&mut writer) {
@@ -649,6 +669,7 @@ impl SqliteStore {
             jobs,
             readers: Arc::new(Mutex::new(Vec::new())),
             buffer,
+            writer_thread: Some(writer_thread),
         })
     }
 
