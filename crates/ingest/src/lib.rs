@@ -15,7 +15,7 @@ pub mod metrics;
 pub mod registry;
 pub mod rollup;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -99,8 +99,8 @@ struct SeriesLive {
     energy: EnergyState,
     /// Stored readings newer than `folded_upto`, ascending, not yet in the rollups: they wait
     /// out the reorder window so that a reading arriving a little out of order slots in
-    /// without repairing rollups.
-    unfolded: Vec<Point>,
+    /// without repairing rollups. A queue: batches join at the back and fold from the front.
+    unfolded: VecDeque<Point>,
     /// Every stored reading up to here is in the rollups (pending or stored).
     folded_upto: Option<TsMs>,
     /// Newest timestamp seen; readings older than it by the reorder window are folded.
@@ -120,14 +120,14 @@ impl SeriesLive {
         for p in points {
             self.max_ts = self.max_ts.max(Some(p.ts));
         }
-        match (self.unfolded.last(), points.first()) {
+        match (self.unfolded.back(), points.first()) {
             (Some(last), Some(first)) if first.ts <= last.ts => {
-                let mut all = std::mem::take(&mut self.unfolded);
+                let mut all = Vec::from(std::mem::take(&mut self.unfolded));
                 all.extend_from_slice(points);
                 all.sort_by_key(|p| p.ts);
-                self.unfolded = dedup_overlay(all);
+                self.unfolded = dedup_overlay(all).into();
             }
-            _ => self.unfolded.extend_from_slice(points),
+            _ => self.unfolded.extend(points),
         }
     }
 
@@ -139,7 +139,14 @@ impl SeriesLive {
         let horizon = self
             .max_ts
             .map_or(i64::MIN, |t| t.0.saturating_sub(window_ms));
-        let due = self.unfolded.partition_point(|p| p.ts.0 <= horizon);
+        // Counted from the front, where the due readings are: a batch makes a few of them due,
+        // and folding reads them next, where a binary search would touch the cold middle of
+        // every series' window.
+        let due = self
+            .unfolded
+            .iter()
+            .take_while(|p| p.ts.0 <= horizon)
+            .count();
         due.max(self.unfolded.len().saturating_sub(MAX_UNFOLDED))
     }
 
