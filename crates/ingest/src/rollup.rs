@@ -6,7 +6,7 @@
 //! batch; merging every few seconds costs three per series per flush. Queries combine stored
 //! rows with these pending ones, so nothing is invisible in between.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use jiff::tz::TimeZone;
 use wattline_domain::energy::EnergyDelta;
@@ -131,7 +131,7 @@ impl SeriesPending {
 /// Pending rollups of all series.
 #[derive(Debug, Default, Clone)]
 pub struct Pending {
-    pub series: HashMap<SeriesId, SeriesPending>,
+    pub series: crate::FastMap<SeriesId, SeriesPending>,
 }
 
 impl Pending {
@@ -148,6 +148,13 @@ impl Pending {
     /// The storage write that makes these rollups durable, with each series' watermark.
     pub fn to_write(&self) -> RollupWrite {
         let mut w = RollupWrite::default();
+        let rows = self
+            .series
+            .values()
+            .map(|p| p.tiers.iter().map(Buckets::len).sum::<usize>())
+            .sum();
+        w.merge.reserve_exact(rows);
+        w.watermarks.reserve_exact(self.series.len());
         for (series, p) in &self.series {
             for (i, tier) in BucketTier::ROLLUPS.into_iter().enumerate() {
                 for (bucket, agg) in p.tiers[i].iter() {
