@@ -50,6 +50,10 @@ def main():
     ap.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
     ap.add_argument("--pg", default="postgres://postgres@127.0.0.1:5432")
     ap.add_argument("--binary", default=str(ROOT / "target/release/wattline"))
+    ap.add_argument("--server-log", help="write the server's stderr here")
+    ap.add_argument("--fast", action="store_true",
+                    help="diagnostic: send the simulated seconds back to back instead of in real "
+                         "time (an hour of data in minutes); not the issue's measurement")
     a = ap.parse_args()
 
     port = free_port()
@@ -62,7 +66,8 @@ def main():
         subprocess.run(["psql", f"{a.pg}/postgres", "-qc", f"CREATE DATABASE {db}"], check=True)
         cmd += ["--database", f"{a.pg}/{db}"]
     env = dict(os.environ, WATTLINE_ADMIN_TOKEN=TOKEN, RUST_LOG="warn")
-    srv = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    log = open(a.server_log, "wb") if a.server_log else subprocess.DEVNULL
+    srv = subprocess.Popen(cmd, env=env, stderr=log)
     try:
         for _ in range(100):
             try:
@@ -83,7 +88,11 @@ def main():
         deadline = time.time() + a.minutes * 60
         sent = 0
         tick = start
-        while time.time() < deadline:
+        if a.fast:
+            # Simulated time starts an hour-aligned day back, so the data stays in the past.
+            start = tick = (int(time.time()) // 3600 - 24) * 3600
+            meters = [Meter(d, 42, start, 1.0) for d in range(1, a.devices + 1)]
+        while (tick - start < a.minutes * 60) if a.fast else (time.time() < deadline):
             lines = []
             for m in meters:
                 v, i, p, e = m.step(tick)
@@ -98,7 +107,8 @@ def main():
                 samples.append((tick - start, rss_kib(srv.pid)))
                 print(f"t={tick - start:5d}s sent={sent} rss={samples[-1][1] / 1024:.1f} MiB", flush=True)
             tick += 1
-            time.sleep(max(0.0, tick - time.time()))
+            if not a.fast:
+                time.sleep(max(0.0, tick - time.time()))
         warm = [kib for t, kib in samples if t >= 60] or [kib for _, kib in samples]
         out = {
             "backend": a.backend, "devices": a.devices, "seconds": tick - start, "readings": sent,

@@ -100,7 +100,7 @@ pub mod mqtt;
 pub mod tcp_meter;
 
 pub use json::parse_json_readings;
-pub use lp::{parse_line_protocol, Precision};
+pub use lp::{count_lines, parse_line_protocol, parse_line_protocol_into, Precision};
 
 /// The stable machine codes of [`LineError::code`]. API clients and metrics match on these.
 pub mod codes {

@@ -840,3 +840,47 @@ proptest! {
         prop_assert_eq!(got.ok(), Some(t));
     }
 }
+
+#[test]
+fn count_lines_counts_newlines_and_an_unterminated_last_line() {
+    assert_eq!(count_lines(b""), 0);
+    assert_eq!(count_lines(b"\n"), 1);
+    assert_eq!(count_lines(b"a"), 1);
+    assert_eq!(count_lines(b"a\nb"), 2);
+    assert_eq!(count_lines(b"a\nb\n"), 2);
+    // Bytes that differ from '\n' only in the high bit, or border it, are not newlines.
+    assert_eq!(count_lines(b"\x8a\x0b\x09\x8a\x0a\xff\x00\x0a\x0a"), 3);
+    assert_eq!(count_lines(&[b'\n'; 17]), 17);
+}
+
+proptest! {
+    #[test]
+    fn count_lines_agrees_with_a_byte_count(body in proptest::collection::vec(
+        prop_oneof![Just(b'\n'), Just(0x8a_u8), Just(0u8), any::<u8>()], 0..100)) {
+        let newlines = body.iter().filter(|&&b| b == b'\n').count();
+        let want = newlines + usize::from(body.last().is_some_and(|&b| b != b'\n'));
+        prop_assert_eq!(count_lines(&body), want);
+    }
+
+    #[test]
+    fn parsing_into_a_shared_outcome_equals_parsing_alone(lines in proptest::collection::vec(
+        prop_oneof![
+            Just("m,device=a power=1 1"),
+            Just("m,device=b voltage=230.5,energy=12.25 2"),
+            Just("bad line"),
+            Just(""),
+            Just("# comment"),
+        ], 0..20)) {
+        let body = lines.join("\n");
+        let limits = Limits::default();
+        let alone = parse_line_protocol(body.as_bytes(), Precision::S, NOW, &limits);
+        let mut shared = LpOutcome::default();
+        shared.readings.reserve_exact(count_lines(body.as_bytes()));
+        parse_line_protocol_into(body.as_bytes(), Precision::S, NOW, &limits, &mut shared);
+        prop_assert_eq!(&alone.readings, &shared.readings);
+        prop_assert_eq!(alone.errors.len(), shared.errors.len());
+        prop_assert_eq!(alone.lines, shared.lines);
+        prop_assert!(shared.readings.capacity() >= count_lines(body.as_bytes()));
+        prop_assert!(alone.readings.len() <= count_lines(body.as_bytes()));
+    }
+}

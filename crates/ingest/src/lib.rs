@@ -15,7 +15,7 @@ pub mod metrics;
 pub mod registry;
 pub mod rollup;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,6 +29,10 @@ use wattline_storage::{DynStore, Retention, RollupRow, RollupWrite, SeriesPoints
 pub use metrics::Metrics;
 pub use registry::Registry;
 use rollup::{Pending, SeriesPending};
+
+/// Maps keyed by series ids (integers the store hands out, not anything a request chooses),
+/// looked up for every series of every batch: a fast hash is safe and cheaper than SipHash.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -99,8 +103,8 @@ struct SeriesLive {
     energy: EnergyState,
     /// Stored readings newer than `folded_upto`, ascending, not yet in the rollups: they wait
     /// out the reorder window so that a reading arriving a little out of order slots in
-    /// without repairing rollups.
-    unfolded: Vec<Point>,
+    /// without repairing rollups. A queue: batches join at the back and fold from the front.
+    unfolded: VecDeque<Point>,
     /// Every stored reading up to here is in the rollups (pending or stored).
     folded_upto: Option<TsMs>,
     /// Newest timestamp seen; readings older than it by the reorder window are folded.
@@ -120,14 +124,14 @@ impl SeriesLive {
         for p in points {
             self.max_ts = self.max_ts.max(Some(p.ts));
         }
-        match (self.unfolded.last(), points.first()) {
+        match (self.unfolded.back(), points.first()) {
             (Some(last), Some(first)) if first.ts <= last.ts => {
-                let mut all = std::mem::take(&mut self.unfolded);
+                let mut all = Vec::from(std::mem::take(&mut self.unfolded));
                 all.extend_from_slice(points);
                 all.sort_by_key(|p| p.ts);
-                self.unfolded = dedup_overlay(all);
+                self.unfolded = dedup_overlay(all).into();
             }
-            _ => self.unfolded.extend_from_slice(points),
+            _ => self.unfolded.extend(points),
         }
     }
 
@@ -139,7 +143,14 @@ impl SeriesLive {
         let horizon = self
             .max_ts
             .map_or(i64::MIN, |t| t.0.saturating_sub(window_ms));
-        let due = self.unfolded.partition_point(|p| p.ts.0 <= horizon);
+        // Counted from the front, where the due readings are: a batch makes a few of them due,
+        // and folding reads them next, where a binary search would touch the cold middle of
+        // every series' window.
+        let due = self
+            .unfolded
+            .iter()
+            .take_while(|p| p.ts.0 <= horizon)
+            .count();
         due.max(self.unfolded.len().saturating_sub(MAX_UNFOLDED))
     }
 
@@ -168,10 +179,10 @@ struct Shared {
     registry: Registry,
     metrics: Metrics,
     /// Newest stored point of each series, for "latest reading of every device".
-    latest: std::sync::RwLock<HashMap<SeriesId, Point>>,
+    latest: std::sync::RwLock<FastMap<SeriesId, Point>>,
     pending: Mutex<Pending>,
     /// Per-series energy state and unfolded readings. Lock order: `live`, then `pending`.
-    live: Mutex<HashMap<SeriesId, SeriesLive>>,
+    live: Mutex<FastMap<SeriesId, SeriesLive>>,
     /// Held for reading while a query combines stored and pending rollups, for writing while a
     /// flush moves pending rollups into storage: a query sees each reading exactly once.
     flush_gate: RwLock<()>,
@@ -538,23 +549,20 @@ async fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<WriteR
 async fn commit_group(shared: &Shared, group: Vec<WriteRequest>) {
     let total: usize = group.iter().map(|r| r.readings.len()).sum();
     let mut accepted = Vec::with_capacity(group.len());
-    let mut by_series: HashMap<SeriesId, Vec<Point>> = HashMap::new();
-    'requests: for req in group {
-        let mut resolved = Vec::with_capacity(req.readings.len());
-        for r in &req.readings {
-            match series_for(shared, r).await {
-                Ok(s) => resolved.push(s),
-                Err(e) => {
-                    let _ = req.done.send(Err(e));
-                    continue 'requests;
-                }
+    let mut series = Vec::with_capacity(group.len());
+    for req in group {
+        match resolve_series(shared, &req.readings).await {
+            Ok(ids) => {
+                accepted.push(req);
+                series.push(ids);
+            }
+            Err(e) => {
+                let _ = req.done.send(Err(e));
             }
         }
-        for (r, s) in req.readings.iter().zip(resolved) {
-            by_series.entry(s).or_default().push(r.point());
-        }
-        accepted.push(req);
     }
+    let by_series = group_by_series(&accepted, &series);
+    drop(series);
 
     let result = store_points(shared, by_series).await;
     let touched = result.as_ref().map(Vec::clone).unwrap_or_default();
@@ -588,6 +596,61 @@ async fn commit_group(shared: &Shared, group: Vec<WriteRequest>) {
     fold_due(shared, &touched);
 }
 
+/// The series of every reading, in order: known ones under one registry lock, new ones from
+/// storage. Fails at the first reading whose device is unknown.
+async fn resolve_series(
+    shared: &Shared,
+    readings: &[Reading],
+) -> Result<Vec<SeriesId>, EngineError> {
+    let mut missing = Vec::new();
+    let mut ids: Vec<SeriesId> = {
+        let registry = shared.registry.view();
+        readings
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                registry.series(&r.device, &r.channel).unwrap_or_else(|| {
+                    missing.push(i);
+                    SeriesId(0)
+                })
+            })
+            .collect()
+    };
+    for i in missing {
+        ids[i] = series_for(shared, &readings[i]).await?;
+    }
+    Ok(ids)
+}
+
+/// The accepted readings' points per series, in order of first appearance. Each series'
+/// points are counted first, so every vector is allocated once at its final size.
+fn group_by_series(requests: &[WriteRequest], series: &[Vec<SeriesId>]) -> Vec<SeriesPoints> {
+    let n: usize = series.iter().map(Vec::len).sum();
+    let mut slot_of: FastMap<SeriesId, usize> = FastMap::default();
+    let mut counts: Vec<(SeriesId, usize)> = Vec::new();
+    let mut slots = Vec::with_capacity(n);
+    for &s in series.iter().flatten() {
+        let slot = *slot_of.entry(s).or_insert_with(|| {
+            counts.push((s, 0));
+            counts.len() - 1
+        });
+        counts[slot].1 += 1;
+        slots.push(slot);
+    }
+    let mut out: Vec<SeriesPoints> = counts
+        .into_iter()
+        .map(|(series, n)| SeriesPoints {
+            series,
+            points: Vec::with_capacity(n),
+        })
+        .collect();
+    let readings = requests.iter().flat_map(|r| r.readings.iter());
+    for (r, slot) in readings.zip(slots) {
+        out[slot].points.push(r.point());
+    }
+    out
+}
+
 async fn series_for(shared: &Shared, r: &Reading) -> Result<SeriesId, EngineError> {
     if let Some(s) = shared.registry.series(&r.device, &r.channel) {
         return Ok(s);
@@ -608,26 +671,24 @@ async fn series_for(shared: &Shared, r: &Reading) -> Result<SeriesId, EngineErro
 /// fold once they are older than the reorder window.
 async fn store_points(
     shared: &Shared,
-    by_series: HashMap<SeriesId, Vec<Point>>,
+    mut writes: Vec<SeriesPoints>,
 ) -> Result<Vec<SeriesId>, EngineError> {
-    let mut writes = Vec::with_capacity(by_series.len());
     let mut beyond: Vec<(SeriesId, Vec<TsMs>, TsMs)> = Vec::new();
     {
         let live = shared.live.lock().expect("live poisoned");
-        for (series, mut points) in by_series {
-            points.sort_by_key(|p| p.ts);
-            let points = dedup_overlay(points);
-            if let Some(folded) = live.get(&series).and_then(|l| l.folded_upto) {
-                let split = points.partition_point(|p| p.ts <= folded);
+        for sp in &mut writes {
+            sp.points.sort_by_key(|p| p.ts);
+            sp.points = dedup_overlay(std::mem::take(&mut sp.points));
+            if let Some(folded) = live.get(&sp.series).and_then(|l| l.folded_upto) {
+                let split = sp.points.partition_point(|p| p.ts <= folded);
                 if split > 0 {
                     beyond.push((
-                        series,
-                        points[..split].iter().map(|p| p.ts).collect(),
+                        sp.series,
+                        sp.points[..split].iter().map(|p| p.ts).collect(),
                         folded,
                     ));
                 }
             }
-            writes.push(SeriesPoints { series, points });
         }
     }
     // Every reading is durable before anything is answered or folded.

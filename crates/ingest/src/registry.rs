@@ -14,13 +14,44 @@ pub struct SeriesMeta {
     pub channel: String,
 }
 
+/// The registry's maps are looked up for every reading. Their keys come from the admin API
+/// and storage, never from a request, so a fast hash is safe here: a request can only look
+/// keys up, not make chains longer.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct Inner {
-    sites: HashMap<SiteId, TimeZone>,
-    devices: HashMap<DeviceId, SiteId>,
-    series_meta: HashMap<SeriesId, SeriesMeta>,
+    sites: FastMap<SiteId, TimeZone>,
+    devices: FastMap<DeviceId, SiteId>,
+    series_meta: FastMap<SeriesId, SeriesMeta>,
     /// Each device's series sorted by channel: the device list and every query need them.
-    by_device: HashMap<DeviceId, Vec<(String, SeriesId)>>,
+    by_device: FastMap<DeviceId, Vec<(String, SeriesId)>>,
+}
+
+impl Inner {
+    fn series(&self, device: &DeviceId, channel: &ChannelName) -> Option<SeriesId> {
+        self.by_device
+            .get(device)?
+            .iter()
+            .find(|(c, _)| c == channel.as_str())
+            .map(|(_, s)| *s)
+    }
+}
+
+/// The registry under one read lock, for looking up every reading of a batch: a lock per
+/// reading cost more than the look-up. Hold it briefly; writers wait for it.
+pub struct RegistryView<'a>(std::sync::RwLockReadGuard<'a, Inner>);
+
+impl RegistryView<'_> {
+    /// The site of a registered device.
+    pub fn device_site(&self, id: &DeviceId) -> Option<&SiteId> {
+        self.0.devices.get(id)
+    }
+
+    /// The series of a device's channel, when it has one.
+    pub fn series(&self, device: &DeviceId, channel: &ChannelName) -> Option<SeriesId> {
+        self.0.series(device, channel)
+    }
 }
 
 #[derive(Default)]
@@ -114,14 +145,15 @@ impl Registry {
             .unwrap_or(TimeZone::UTC)
     }
 
-    /// Called for every reading: looks up without allocating (devices have few channels).
+    /// Looks up without allocating (devices have few channels). For many readings, use
+    /// [`Registry::view`].
     pub fn series(&self, device: &DeviceId, channel: &ChannelName) -> Option<SeriesId> {
-        self.read()
-            .by_device
-            .get(device)?
-            .iter()
-            .find(|(c, _)| c == channel.as_str())
-            .map(|(_, s)| *s)
+        self.read().series(device, channel)
+    }
+
+    /// A read view for looking up a batch of readings under one lock.
+    pub fn view(&self) -> RegistryView<'_> {
+        RegistryView(self.read())
     }
 
     pub fn series_zone(&self, id: SeriesId) -> TimeZone {

@@ -6,17 +6,75 @@
 //! batch; merging every few seconds costs three per series per flush. Queries combine stored
 //! rows with these pending ones, so nothing is invisible in between.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use jiff::tz::TimeZone;
 use wattline_domain::energy::EnergyDelta;
 use wattline_domain::{Agg, BucketTier, Point, SeriesId, TsMs};
 use wattline_storage::{RollupRow, RollupWrite};
 
+/// One tier's pending buckets of a series, ascending by bucket start.
+///
+/// Readings arrive in order, so the bucket a reading goes to is nearly always the newest: a
+/// sorted `Vec` finds it at its end. (A `BTreeMap` walked its nodes for every reading and
+/// allocated a 4 KiB leaf per series and tier after every flush.) A bucket older than the
+/// newest is found by binary search and inserted in place.
+#[derive(Debug, Default, Clone)]
+pub struct Buckets(Vec<(TsMs, Agg)>);
+
+impl Buckets {
+    /// The bucket starting at `start`, added empty when missing.
+    #[inline]
+    pub fn entry(&mut self, start: TsMs) -> &mut Agg {
+        let i = match self.0.last() {
+            Some((newest, _)) if *newest == start => self.0.len() - 1,
+            Some((newest, _)) if *newest > start => {
+                match self.0.binary_search_by_key(&start, |(b, _)| *b) {
+                    Ok(i) => i,
+                    Err(i) => {
+                        self.0.insert(i, (start, Agg::default()));
+                        i
+                    }
+                }
+            }
+            _ => {
+                self.0.push((start, Agg::default()));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[i].1
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Bucket starts, ascending.
+    pub fn keys(&self) -> impl Iterator<Item = &TsMs> + '_ {
+        self.0.iter().map(|(b, _)| b)
+    }
+
+    /// Buckets, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = (&TsMs, &Agg)> + '_ {
+        self.0.iter().map(|(b, a)| (b, a))
+    }
+
+    /// Buckets starting in `[from, to)`, ascending.
+    pub fn range(&self, from: TsMs, to: TsMs) -> impl Iterator<Item = (&TsMs, &Agg)> + '_ {
+        let lo = self.0.partition_point(|(b, _)| *b < from);
+        let hi = self.0.partition_point(|(b, _)| *b < to).max(lo);
+        self.0[lo..hi].iter().map(|(b, a)| (b, a))
+    }
+}
+
 /// A series' pending buckets per tier, and the newest reading they include.
 #[derive(Debug, Default, Clone)]
 pub struct SeriesPending {
-    pub tiers: [BTreeMap<TsMs, Agg>; 3],
+    pub tiers: [Buckets; 3],
     pub max_ts: Option<TsMs>,
     /// The last hour and day bucket seen, so most readings skip the time-zone arithmetic.
     hour: Option<(TsMs, TsMs)>,
@@ -54,26 +112,16 @@ impl SeriesPending {
         let minute = ts.minute_start();
         let hour = cached_bucket(&mut self.hour, BucketTier::Hour, ts, tz);
         let day = cached_bucket(&mut self.day, BucketTier::Day, ts, tz);
-        for (i, bucket) in [minute, hour, day].into_iter().enumerate() {
-            let tier = &mut self.tiers[i];
-            // Readings arrive in order, so the newest bucket is nearly always the one.
-            match tier.last_entry() {
-                Some(mut newest) if *newest.key() == bucket => {
-                    newest.get_mut().add(ts, &point.values, energy)
-                }
-                _ => tier
-                    .entry(bucket)
-                    .or_default()
-                    .add(ts, &point.values, energy),
-            }
+        for (tier, bucket) in self.tiers.iter_mut().zip([minute, hour, day]) {
+            tier.entry(bucket).add(ts, &point.values, energy);
         }
         self.max_ts = self.max_ts.max(Some(ts));
     }
 
     pub fn merge(&mut self, other: SeriesPending) {
         for (mine, theirs) in self.tiers.iter_mut().zip(other.tiers) {
-            for (bucket, agg) in theirs {
-                mine.entry(bucket).or_default().merge(&agg);
+            for (bucket, agg) in theirs.iter() {
+                mine.entry(*bucket).merge(agg);
             }
         }
         self.max_ts = self.max_ts.max(other.max_ts);
@@ -83,7 +131,7 @@ impl SeriesPending {
 /// Pending rollups of all series.
 #[derive(Debug, Default, Clone)]
 pub struct Pending {
-    pub series: HashMap<SeriesId, SeriesPending>,
+    pub series: crate::FastMap<SeriesId, SeriesPending>,
 }
 
 impl Pending {
@@ -100,9 +148,16 @@ impl Pending {
     /// The storage write that makes these rollups durable, with each series' watermark.
     pub fn to_write(&self) -> RollupWrite {
         let mut w = RollupWrite::default();
+        let rows = self
+            .series
+            .values()
+            .map(|p| p.tiers.iter().map(Buckets::len).sum::<usize>())
+            .sum();
+        w.merge.reserve_exact(rows);
+        w.watermarks.reserve_exact(self.series.len());
         for (series, p) in &self.series {
             for (i, tier) in BucketTier::ROLLUPS.into_iter().enumerate() {
-                for (bucket, agg) in &p.tiers[i] {
+                for (bucket, agg) in p.tiers[i].iter() {
                     w.merge.push((
                         tier,
                         RollupRow {
@@ -132,12 +187,12 @@ impl SeriesPending {
         rows: &mut Vec<RollupRow>,
     ) {
         let pending = &self.tiers[tier_index(tier)];
-        if pending.range(from..to).next().is_none() {
+        if pending.range(from, to).next().is_none() {
             return;
         }
         let mut by_bucket: BTreeMap<TsMs, Agg> =
             rows.drain(..).map(|r| (r.bucket, r.agg)).collect();
-        for (bucket, agg) in pending.range(from..to) {
+        for (bucket, agg) in pending.range(from, to) {
             by_bucket.entry(*bucket).or_default().merge(agg);
         }
         rows.extend(by_bucket.into_iter().map(|(bucket, agg)| RollupRow {
@@ -152,6 +207,28 @@ impl SeriesPending {
 mod tests {
     use super::*;
     use wattline_domain::{Quantity, Values};
+
+    #[test]
+    fn buckets_stay_sorted_when_readings_come_out_of_order() {
+        let mut b = Buckets::default();
+        for start in [60, 120, 0, 180, 120, 30, 180] {
+            b.entry(TsMs(start)).add(
+                TsMs(start),
+                &Values::new().with(Quantity::Power, 1.0),
+                &EnergyDelta::default(),
+            );
+        }
+        let keys: Vec<i64> = b.keys().map(|k| k.0).collect();
+        assert_eq!(keys, vec![0, 30, 60, 120, 180]);
+        let counts: Vec<u32> = b.iter().map(|(_, a)| a.stat(Quantity::Power).n).collect();
+        assert_eq!(counts, vec![1, 1, 1, 2, 2]);
+        let range: Vec<i64> = b.range(TsMs(30), TsMs(180)).map(|(k, _)| k.0).collect();
+        assert_eq!(range, vec![30, 60, 120]);
+        assert_eq!(b.range(TsMs(181), TsMs(1000)).count(), 0);
+        assert_eq!(b.range(TsMs(100), TsMs(50)).count(), 0);
+        assert_eq!(b.len(), 5);
+        assert!(!b.is_empty());
+    }
 
     #[test]
     fn pending_buckets_follow_the_zone_and_overlay_stored_rows() {

@@ -288,7 +288,7 @@ struct Writer {
     encoder: mpsc::Sender<Box<dyn FnOnce() + Send>>,
     /// Newest chunked timestamp per series: newer points may wait in the buffer, older ones
     /// must be merged into their chunk.
-    chunked_last: HashMap<i64, i64>,
+    chunked_last: staging::FastMap<i64, i64>,
     /// Set by the store's `Drop`: finish up and release the file.
     stop: bool,
 }
@@ -606,7 +606,7 @@ impl SqliteStore {
         let mut conn = open_connection(&path)?;
         migrate(&mut conn)?;
         let fragmented = find_fragmented(&conn)?;
-        let chunked_last: HashMap<i64, i64> = {
+        let chunked_last: staging::FastMap<i64, i64> = {
             let mut stmt =
                 conn.prepare("SELECT series_id, max(end_ts) FROM chunks GROUP BY series_id")?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;

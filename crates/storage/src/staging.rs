@@ -99,8 +99,12 @@ pub fn decode_batch(buf: &[u8]) -> Result<Vec<SeriesPoints>, String> {
     Ok(out)
 }
 
+/// Maps keyed by series ids, looked up for every series of every commit. The ids are
+/// integers the store hands out, not anything a request chooses, so a fast hash is safe.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Points of one generation, per series in ascending time order.
-pub type SeriesBuffer = HashMap<SeriesId, Vec<Point>>;
+pub type SeriesBuffer = FastMap<SeriesId, Vec<Point>>;
 
 /// Points committed to staging rows and not yet in chunks. Per series they are in ascending
 /// time order and newer than anything chunked, because only appends of newer points land here.
@@ -115,6 +119,9 @@ pub struct Unchunked {
     /// The staging rows whose points are in `active`.
     pub staging_ids: Vec<i64>,
     pub oldest: Option<Instant>,
+    /// Points per series in the last frozen generation: a series' vector in the next one
+    /// starts at that size instead of doubling its way there, copying as it goes.
+    sizes: FastMap<SeriesId, usize>,
 }
 
 impl Unchunked {
@@ -122,7 +129,10 @@ impl Unchunked {
     /// timestamp of a buffered point is laid over it.
     pub fn push(&mut self, batch: &[SeriesPoints], staging_id: i64) {
         for sp in batch {
-            let pts = self.active.entry(sp.series).or_default();
+            let pts = self.active.entry(sp.series).or_insert_with(|| {
+                let last = self.sizes.get(&sp.series).copied().unwrap_or(0);
+                Vec::with_capacity(last.max(sp.points.len()))
+            });
             let before = pts.len();
             match (pts.last(), sp.points.first()) {
                 (Some(last), Some(first)) if first.ts <= last.ts => merge_into(pts, &sp.points),
@@ -136,6 +146,9 @@ impl Unchunked {
 
     /// Moves the active generation aside for chunking: its points and staging rows.
     pub fn freeze(&mut self) -> (Arc<SeriesBuffer>, Vec<i64>) {
+        self.sizes.clear();
+        self.sizes
+            .extend(self.active.iter().map(|(s, pts)| (*s, pts.len())));
         let points = Arc::new(std::mem::take(&mut self.active));
         self.frozen = Some(points.clone());
         self.total = 0;
