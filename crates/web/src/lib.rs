@@ -6,6 +6,7 @@ pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod ingest;
+pub mod live;
 pub mod mqtt;
 pub mod openapi;
 pub mod query;
@@ -182,6 +183,7 @@ pub fn routes() -> Vec<Route> {
         route(M::GET, "/api/v1/devices/{id}/stats", query::stats),
         route(M::GET, "/api/v1/devices/{id}/energy", query::energy),
         route(M::GET, "/api/v1/export", query::export),
+        route(M::GET, "/api/v1/live", live::live),
     ]
 }
 
@@ -240,6 +242,13 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Live streams never end on their own: close them when shutdown starts, or the graceful
+    // shutdown would wait for every open dashboard.
+    let engine = state.engine.clone();
+    let shutdown = async move {
+        shutdown.await;
+        engine.close_live();
+    };
     let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

@@ -235,7 +235,28 @@ pub fn spec() -> Value {
     });
     add_tcp(&mut doc, site_id_tcp);
     add_accounts(&mut doc);
+    add_live(&mut doc);
     doc
+}
+
+/// The live stream of readings (Server-Sent Events).
+fn add_live(doc: &mut Value) {
+    doc["paths"]["/api/v1/live"] = json!({"get": {
+        "summary": "Readings as they are stored, as Server-Sent Events",
+        "description": "Each stored reading is an event `reading` with data \
+          `{\"device\", \"channel\", \"ts\" (unix ms), \"values\": {quantity: number}}`. \
+          A comment line keeps the stream open every 15 s. A client that falls too far behind \
+          gets an event `lagged` (`{\"missed_commits\": n}`) and should refetch what it shows. \
+          With neither `device` nor `site`, every device the caller may read.",
+        "parameters": [
+            query("device", "Device ids: repeat the parameter or separate with commas",
+                json!({"type": "array", "items": {"type": "string"}, "maxItems": 1000})),
+            query("site", "Every device of this site (not with device)", json!({"type": "string"}))],
+        "responses": admin_errors(json!({
+            "200": {"description": "The event stream; it ends when the server shuts down",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            "404": err("No such device or site"),
+            "503": err("The server is shutting down")}))}});
 }
 
 /// TCP socket-meter enrollment; added apart from the big literal, whose macro expansion is at

@@ -218,6 +218,8 @@ struct Call {
     body: Option<Value>,
     raw: Option<String>,
     own_session: bool,
+    /// An endless answer (event stream): only its status is read.
+    stream: bool,
 }
 
 impl Call {
@@ -227,6 +229,7 @@ impl Call {
             body: None,
             raw: None,
             own_session: false,
+            stream: false,
         }
     }
     fn json(mut self, body: Value) -> Call {
@@ -438,6 +441,13 @@ fn case(w: &World, method: &str, path: &str, who: Who) -> Option<(Class, Call)> 
             Call::at("/api/v1/devices/dev-a/energy?interval=day"),
         ),
         ("GET", "/api/v1/export") => (SiteRead(200), Call::at("/api/v1/export?device=dev-a")),
+        ("GET", "/api/v1/live") => (
+            SiteRead(200),
+            Call {
+                stream: true,
+                ..Call::at("/api/v1/live?device=dev-a")
+            },
+        ),
         _ => return None,
     })
 }
@@ -449,6 +459,14 @@ fn call(w: &World, method: &str, who: Who, c: &Call) -> FullReply {
         _ => Some(w.sessions[&who].clone()),
     };
     let headers = session.as_ref().map(Session::headers).unwrap_or_default();
+    if c.stream {
+        let status = w.s.open_stream(&c.path, &headers).status;
+        return FullReply {
+            status,
+            body: String::new(),
+            headers: Vec::new(),
+        };
+    }
     let body = match (&c.body, &c.raw) {
         (Some(v), _) => Some(("application/json", v.to_string().into_bytes())),
         (None, Some(raw)) => Some(("text/plain", raw.clone().into_bytes())),

@@ -7,6 +7,7 @@ mod durability;
 mod energy;
 mod import;
 mod ingest;
+mod live;
 mod mqtt;
 mod postgres;
 mod query;
