@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod query;
 pub mod tcp;
 pub mod throttle;
+pub mod ui;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -76,6 +77,9 @@ where
 pub fn routes() -> Vec<Route> {
     use Method as M;
     vec![
+        // the dashboard
+        route(M::GET, "/", ui::index),
+        route(M::GET, "/assets/{*path}", ui::assets),
         route(M::GET, "/healthz", healthz),
         route(M::GET, "/metrics", metrics),
         route(M::GET, "/api/v1/openapi.json", openapi::document),

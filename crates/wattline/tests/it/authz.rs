@@ -248,6 +248,9 @@ fn case(w: &World, method: &str, path: &str, who: Who) -> Option<(Class, Call)> 
     let lp = format!("energy,device=dev-a power=100 {now}");
     use Class::*;
     Some(match (method, path) {
+        ("GET", "/") => (Public(200), Call::at(path)),
+        // A name no build produces: the answer does not depend on whether the UI was built.
+        ("GET", "/assets/{*path}") => (Public(404), Call::at("/assets/no-such-file.js")),
         ("GET", "/healthz") => (Public(200), Call::at(path)),
         ("GET", "/api/v1/openapi.json") => (Public(200), Call::at(path)),
         ("GET", "/metrics") => (AdminOnly(200), Call::at(path)),
