@@ -14,3 +14,4 @@ mod query;
 mod simulate;
 mod support;
 mod tcp;
+mod ui;
