@@ -5,7 +5,8 @@
 //   WATTLINE_URL=http://127.0.0.1:8080 WATTLINE_ADMIN_TOKEN=… E2E_PASSWORD=… node e2e/run.mjs
 //
 // The server holds site-a (owner-a@x.test; devices dev-a1 with channels L1/L2/L3 and a day
-// of history, dev-a2) and site-b (owner-b@x.test; dev-b1). A failing step saves a screenshot
+// of history, dev-a2) and site-b (owner-b@x.test; dev-b1), and an admin (admin@x.test). A
+// failing step saves a screenshot
 // in E2E_SCREENSHOTS (default ../target/e2e-screenshots).
 
 import { chromium } from "playwright-core";
@@ -173,10 +174,37 @@ await test("devices table sorts and exports", desktop, async (page) => {
   assert(text.includes("dev-a1") && !text.includes("dev-b1"), "export holds only the owner's devices");
 });
 
+await test("an admin creates a device and sees its credentials once", desktop, async (page) => {
+  await login(page, "admin@x.test");
+  await page.click("#nav-admin");
+  await page.waitForSelector("#new-device");
+  await page.fill("#new-device-id", "dev-new");
+  await page.fill("#new-device-name", "New meter");
+  await page.selectOption("#new-device-site", "site-a");
+  await page.click("#new-device button[type=submit]");
+  const token = await page.textContent("#credentials code[data-secret='HTTP token']");
+  assert(/^wld_[0-9a-f]{48}$/.test(token), `token shown: ${token}`);
+  const mqtt = await page.textContent("#credentials code[data-secret='MQTT password']");
+  assert(mqtt && mqtt.length >= 16, `MQTT password shown: ${mqtt}`);
+  // The token works: the new device writes with it.
+  const w = await fetch(`${base}/api/v1/readings`, {
+    method: "POST",
+    headers: { Authorization: `Token ${token}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ device: "dev-new", power: 12 }),
+  });
+  assert(w.ok, `writing with the shown token: ${w.status}`);
+  // Once: after a reload the device is listed and no secret is on the page.
+  await page.reload();
+  await page.waitForSelector("#admin-devices tr[data-device='dev-new']");
+  assert((await page.$("#credentials")) === null, "credentials shown again after reload");
+  assert(!(await page.content()).includes(token), "the token is on the page again");
+});
+
 await test("overview at 360 px has no horizontal scroll", phone, async (page) => {
   await login(page, "owner-a@x.test");
   await page.waitForSelector("#ranked tbody tr");
   await page.waitForSelector("#overview-chart .u-over");
+  await page.waitForSelector("#energy-today:has-text('kWh')");
   const [scroll, inner] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
   assert(scroll <= inner, `page is ${scroll} px wide in a ${inner} px window`);
   await page.goto("/#/device/dev-a1");
@@ -184,6 +212,29 @@ await test("overview at 360 px has no horizontal scroll", phone, async (page) =>
   const [s2, i2] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
   assert(s2 <= i2, `device page is ${s2} px wide in a ${i2} px window`);
 });
+
+// Documentation screenshots (scripts/screenshots.sh): the pages as an owner sees them.
+const docs = process.env.E2E_DOCS_SCREENSHOTS;
+if (docs && failed === 0) {
+  mkdirSync(docs, { recursive: true });
+  for (const [label, viewport] of [["desktop", desktop], ["phone", phone]]) {
+    const context = await browser.newContext({ viewport, baseURL: base });
+    const page = await context.newPage();
+    await login(page, "owner-a@x.test");
+    for (const [name, hash, ready] of [
+      ["overview", "#/", "#overview-chart .u-over"],
+      ["devices", "#/devices", "#devices tbody tr"],
+      ["device", "#/device/dev-a1?range=24h", "#device-chart .u-over"],
+    ]) {
+      await page.goto(`/${hash}`);
+      await page.waitForSelector(ready);
+      await page.waitForTimeout(1500);
+      await page.screenshot({ path: join(docs, `${name}-${label}.png`), fullPage: label === "desktop" });
+    }
+    await context.close();
+  }
+  console.log(`screenshots written to ${docs}`);
+}
 
 await browser.close();
 console.log(`e2e: ${passed} passed, ${failed} failed`);

@@ -6,6 +6,7 @@ import { overviewPage } from "./pages/overview";
 import { devicesPage } from "./pages/devices";
 import { devicePage } from "./pages/device";
 import { accountPage } from "./pages/account";
+import { adminPage } from "./pages/admin";
 
 // Each page returns a cleanup (closing live streams, destroying charts) run on navigation.
 export type Cleanup = () => void;
@@ -29,7 +30,7 @@ function header(): void {
       {},
       h("a", { href: "#/" }, "Overview"),
       h("a", { href: "#/devices" }, "Devices"),
-      isAdmin() ? h("span", { class: "muted" }, "admin") : null,
+      isAdmin() ? h("a", { href: "#/admin", id: "nav-admin" }, "Admin") : null,
       h("a", { href: "#/account", title: "Account" }, who),
       h(
         "button",
@@ -72,6 +73,7 @@ async function route(): Promise<void> {
     else if (parts[0] === "devices") cleanup = await devicesPage(app, params);
     else if (parts[0] === "device" && parts[1]) cleanup = await devicePage(app, parts[1], params);
     else if (parts[0] === "account") cleanup = accountPage(app);
+    else if (parts[0] === "admin") cleanup = await adminPage(app);
     else clear(app, h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/" }, "Overview")));
   } catch (e) {
     clear(app, h("p", { class: "error" }, `Could not load this page: ${(e as Error).message}`));

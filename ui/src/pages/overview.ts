@@ -1,6 +1,6 @@
-import { Device, Site, get, live, powerNow } from "../api";
+import { Device, Series, Site, get, live, powerNow, qs } from "../api";
 import { lineChart, LineChart } from "../chart";
-import { ago, clear, fmtPower, h } from "../dom";
+import { ago, clear, fmtNum, fmtPower, h } from "../dom";
 
 const WINDOW_MS = 3600_000;
 
@@ -20,6 +20,8 @@ export async function overviewPage(app: HTMLElement, params: URLSearchParams): P
     sites.map((s) => h("option", { value: s.id, selected: s.id === site.id }, s.name)),
   );
   const total = h("div", { class: "big", id: "total-power" });
+  const energyToday = h("div", { class: "big", id: "energy-today" }, "…");
+  const energyMonth = h("div", { class: "big", id: "energy-month" }, "…");
   const online = h("div", { class: "muted" });
   const chartEl = h("div", { class: "chart", id: "overview-chart" });
   const ranked = h("tbody");
@@ -31,6 +33,8 @@ export async function overviewPage(app: HTMLElement, params: URLSearchParams): P
       "section",
       { class: "cards" },
       h("div", { class: "card" }, h("div", { class: "muted" }, "Power now"), total, online),
+      h("div", { class: "card" }, h("div", { class: "muted" }, "Energy today"), energyToday),
+      h("div", { class: "card" }, h("div", { class: "muted" }, "Energy this month"), energyMonth),
       h("div", { class: "card" }, h("div", { class: "muted" }, "Devices"), h("div", { class: "big" }, String(devices.length))),
     ),
     h("section", { class: "card" }, h("h2", {}, "Last hour"), chartEl),
@@ -78,21 +82,36 @@ export async function overviewPage(app: HTMLElement, params: URLSearchParams): P
   const times: number[] = [];
   const values: number[] = [];
   let chart: LineChart | null = lineChart(chartEl, ["Total"], [[], []], { unit: "W" });
-  let dirty = true;
-  const tick = setInterval(() => {
+  const redraw = () => {
     const now = Date.now();
-    times.push(now / 1000);
-    values.push(sum());
     while (times.length && times[0] < (now - WINDOW_MS) / 1000) {
       times.shift();
       values.shift();
     }
-    chart?.plot.setData([times, values]);
+    chart?.plot.setData([times, values], false);
+    chart?.plot.setScale("x", { min: (now - WINDOW_MS) / 1000, max: now / 1000 });
+  };
+  redraw();
+  // The hour before the page opened, per minute, for sites small enough to ask per device.
+  void history(devices).then((h) => {
+    if (!h || !chart) return;
+    const first = times[0] ?? Infinity;
+    const older = h.filter(([t]) => t < first);
+    times.unshift(...older.map(([t]) => t));
+    values.unshift(...older.map(([, v]) => v));
+    redraw();
+  });
+  let dirty = true;
+  const tick = setInterval(() => {
+    times.push(Date.now() / 1000);
+    values.push(sum());
+    redraw();
     if (dirty) {
       render();
       dirty = false;
     }
   }, 1000);
+  void loadEnergy(site, devices, energyToday, energyMonth);
   const close = live(`site=${encodeURIComponent(site.id)}`, (r) => {
     const d = byId.get(r.device);
     if (!d) return;
@@ -107,4 +126,69 @@ export async function overviewPage(app: HTMLElement, params: URLSearchParams): P
     chart?.destroy();
     chart = null;
   };
+}
+
+/** Most devices whose energy the overview sums in the browser (one request each). */
+const ENERGY_DEVICES = 200;
+
+/** kWh today and this month in the site's zone: per-device daily buckets, summed. */
+async function loadEnergy(site: Site, devices: Device[], today: HTMLElement, month: HTMLElement): Promise<void> {
+  if (devices.length > ENERGY_DEVICES) {
+    today.textContent = month.textContent = "–";
+    today.title = month.title = `not summed for more than ${ENERGY_DEVICES} devices`;
+    return;
+  }
+  // Bucket starts are local to the site ("2026-11-22T00:00:00+01:00[…]"): compare dates there.
+  const date = new Intl.DateTimeFormat("en-CA", { timeZone: site.timezone }).format(new Date());
+  const monthPrefix = date.slice(0, 7);
+  let day = 0;
+  let sum = 0;
+  const queue = [...devices];
+  const worker = async () => {
+    for (let d = queue.shift(); d; d = queue.shift()) {
+      const e = await get<{ buckets: { start: string; import_kwh: number }[] }>(
+        `/api/v1/devices/${encodeURIComponent(d.id)}/energy?${qs({ interval: "day", from: Date.now() - 32 * 86400e3 })}`,
+      ).catch(() => ({ buckets: [] }));
+      for (const b of e.buckets) {
+        if (b.start.startsWith(monthPrefix)) sum += b.import_kwh;
+        if (b.start.startsWith(date)) day += b.import_kwh;
+      }
+    }
+  };
+  await Promise.all([worker(), worker(), worker(), worker()]);
+  today.textContent = `${fmtNum(day, 2)} kWh`;
+  month.textContent = `${fmtNum(sum, 1)} kWh`;
+}
+
+const HISTORY_DEVICES = 50;
+
+/** The site's total power per minute over the last hour, summed from each device's channels;
+ *  `null` for sites with more devices than it is reasonable to ask one by one. */
+async function history(devices: Device[]): Promise<[number, number][] | null> {
+  if (devices.length > HISTORY_DEVICES) return null;
+  const from = Date.now() - WINDOW_MS;
+  const minutes = new Map<number, number>();
+  const queue = devices.flatMap((d) => {
+    const chans = Object.keys(d.latest);
+    const total = chans.find((c) => c === "total" || c === "main");
+    return (total ? [total] : chans).map((c) => [d.id, c] as const);
+  });
+  const worker = async () => {
+    for (let q = queue.shift(); q; q = queue.shift()) {
+      const s = await get<Series>(
+        `/api/v1/devices/${encodeURIComponent(q[0])}/series?${qs({ channel: q[1], from, max_points: 120 })}`,
+      ).catch(() => null);
+      if (!s) continue;
+      // Raw or rolled up, each series counts once per minute: its mean over that minute.
+      const own = new Map<number, [number, number]>();
+      s.t.forEach((t, i) => {
+        const m = Math.floor(t / 60_000) * 60;
+        const [sum, n] = own.get(m) ?? [0, 0];
+        own.set(m, [sum + s.avg[i], n + 1]);
+      });
+      for (const [m, [sum, n]] of own) minutes.set(m, (minutes.get(m) ?? 0) + sum / n);
+    }
+  };
+  await Promise.all([worker(), worker(), worker(), worker()]);
+  return [...minutes.entries()].sort((a, b) => a[0] - b[0]);
 }

@@ -85,6 +85,7 @@ fn dashboard_in_headless_chromium() {
     }
     create_user(&s, "owner-a@x.test", "owner", &["site-a"]);
     create_user(&s, "owner-b@x.test", "owner", &["site-b"]);
+    create_user(&s, "admin@x.test", "admin", &[]);
     // A day of minute readings on three phases (so that long ranges need rollups), and a
     // small load on the second device.
     let now = now_s();
@@ -92,8 +93,10 @@ fn dashboard_in_headless_chromium() {
     for m in (0..1440).rev() {
         let ts = now - 60 * m;
         for (i, phase) in ["L1", "L2", "L3"].iter().enumerate() {
-            let p = 1000.0 + 300.0 * i as f64 + (m % 17) as f64;
-            let e = (1440 - m) as f64 * p / 60_000.0;
+            let base = 1000.0 + 300.0 * i as f64;
+            let p = base + (m % 17) as f64;
+            // A rising counter: kWh used since the first reading at the base load.
+            let e = (1440 - m) as f64 * base / 60_000.0;
             lines.push_str(&format!(
                 "m,device=dev-a1,channel={phase} power={p},voltage=230,energy={e} {ts}\n"
             ));
@@ -111,6 +114,10 @@ fn dashboard_in_headless_chromium() {
         .env("WATTLINE_ADMIN_TOKEN", ADMIN)
         .env("E2E_PASSWORD", PASSWORD)
         .env("E2E_SCREENSHOTS", &shots)
+        .envs(
+            std::env::var_os("WATTLINE_SCREENSHOTS")
+                .map(|_| ("E2E_DOCS_SCREENSHOTS", repo().join("docs/screenshots"))),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
