@@ -10,7 +10,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
@@ -28,6 +28,9 @@ use crate::AppState;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Most devices one stream may name; a site or no filter covers more.
 const MAX_DEVICES: usize = 1000;
+/// How often an open stream checks that its caller may still read what it shows: a logout,
+/// a disabled account, a revoked token or a changed site assignment ends it within this.
+const RECHECK: Duration = Duration::from_secs(10);
 
 /// Which readings a stream carries.
 enum Filter {
@@ -38,6 +41,23 @@ enum Filter {
 }
 
 impl Filter {
+    /// Whether `principal` may still read everything this filter shows; a `Readable` filter
+    /// takes the new principal, so changed site assignments apply from now on.
+    fn still_allowed(&mut self, registry: &Registry, principal: Principal) -> bool {
+        match self {
+            Filter::Devices(set) => set.iter().all(|d| {
+                registry
+                    .device_site(d)
+                    .is_some_and(|s| principal.may_read_site(&s))
+            }),
+            Filter::Site(site) => principal.may_read_site(site),
+            Filter::Readable(p) => {
+                *p = principal;
+                true
+            }
+        }
+    }
+
     fn wants(&self, registry: &Registry, r: &Reading) -> bool {
         match self {
             Filter::Devices(set) => set.contains(&r.device),
@@ -101,6 +121,7 @@ fn parse_query(query: Option<&str>) -> ApiResult<(Vec<DeviceId>, Option<SiteId>)
 pub async fn live(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
     caller.require_reader()?;
@@ -123,35 +144,86 @@ pub async fn live(
             "the server is shutting down",
         ));
     };
-    let stream = events(state.engine.clone(), rx, filter);
+    let credentials = Credentials {
+        headers,
+        query_password: query_password(query.as_deref()),
+    };
+    let stream = events(state, rx, filter, credentials);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response())
 }
 
-fn events(
-    engine: wattline_ingest::Engine,
+/// What the request authenticated with, to check again while the stream is open.
+struct Credentials {
+    headers: HeaderMap,
+    query_password: Option<String>,
+}
+
+/// InfluxDB-style `?p=` token, as the `Caller` extractor reads it.
+fn query_password(query: Option<&str>) -> Option<String> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(query.unwrap_or(""))
+        .ok()?
+        .into_iter()
+        .find(|(k, _)| k == "p")
+        .map(|(_, v)| v)
+}
+
+struct StreamState {
+    state: AppState,
     rx: tokio::sync::broadcast::Receiver<LiveBatch>,
     filter: Filter,
+    credentials: Credentials,
+    recheck: tokio::time::Interval,
+}
+
+fn events(
+    state: AppState,
+    rx: tokio::sync::broadcast::Receiver<LiveBatch>,
+    filter: Filter,
+    credentials: Credentials,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    // Ends when the engine closes the channel (shutdown); otherwise lives as long as the
-    // client stays connected, which axum notices on the next write (keep-alive included).
-    futures::stream::unfold((rx, filter), move |(mut rx, filter)| {
-        let engine = engine.clone();
-        async move {
-            let events: Vec<Event> = match rx.recv().await {
+    let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let s = StreamState {
+        state,
+        rx,
+        filter,
+        credentials,
+        recheck,
+    };
+    // Ends when the engine closes the channel (shutdown) or the caller loses access;
+    // otherwise lives as long as the client stays connected, which axum notices on the next
+    // write (keep-alive included).
+    futures::stream::unfold(s, |mut s| async move {
+        let events: Vec<Event> = tokio::select! {
+            received = s.rx.recv() => match received {
                 Ok(batch) => batch
                     .iter()
-                    .filter(|r| filter.wants(engine.registry(), r))
+                    .filter(|r| s.filter.wants(s.state.engine.registry(), r))
                     .map(|r| Event::default().event("reading").data(reading_json(r)))
                     .collect(),
                 Err(RecvError::Lagged(n)) => vec![Event::default()
                     .event("lagged")
                     .data(json!({"missed_commits": n}).to_string())],
                 Err(RecvError::Closed) => return None,
-            };
-            Some((events, (rx, filter)))
-        }
+            },
+            _ = s.recheck.tick() => {
+                let principal = crate::auth::authenticate(
+                    &s.state,
+                    &s.credentials.headers,
+                    s.credentials.query_password.as_deref(),
+                    &Method::GET,
+                )
+                .await
+                .ok()?;
+                if !s.filter.still_allowed(s.state.engine.registry(), principal) {
+                    return None;
+                }
+                Vec::new()
+            }
+        };
+        Some((events, s))
     })
     .flat_map(|events| futures::stream::iter(events.into_iter().map(Ok)))
 }

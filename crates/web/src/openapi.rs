@@ -261,7 +261,8 @@ fn add_live(doc: &mut Value) {
           `{\"device\", \"channel\", \"ts\" (unix ms), \"values\": {quantity: number}}`. \
           A comment line keeps the stream open every 15 s. A client that falls too far behind \
           gets an event `lagged` (`{\"missed_commits\": n}`) and should refetch what it shows. \
-          With neither `device` nor `site`, every device the caller may read.",
+          With neither `device` nor `site`, every device the caller may read. The caller's \
+          access is checked again every 10 s; losing it ends the stream.",
         "parameters": [
             query("device", "Device ids: repeat the parameter or separate with commas",
                 json!({"type": "array", "items": {"type": "string"}, "maxItems": 1000})),

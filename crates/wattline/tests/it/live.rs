@@ -83,3 +83,33 @@ fn open_streams_do_not_hold_shutdown() {
     );
     assert!(stream.next_event(Duration::from_secs(1)).is_none());
 }
+
+#[test]
+fn a_stream_ends_once_its_session_does() {
+    let s = TestServer::start();
+    s.create_site("site-a", "UTC");
+    s.create_device("dev-a", Some("site-a"));
+    create_user(&s, "owner-a@x.test", "owner", &["site-a"]);
+    let a = login(&s, "owner-a@x.test", PASSWORD);
+    let cookie = [("Cookie", a.cookie.as_str())];
+    let mut stream = s.open_stream("/api/v1/live?device=dev-a", &cookie);
+    assert_eq!(stream.status, 200);
+    let r = s.request(
+        "POST",
+        "/api/v1/auth/logout",
+        &[("Cookie", &a.cookie), ("X-CSRF-Token", &a.csrf)],
+        None,
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    // The stream notices at its next check (every 10 s) and closes; readings written
+    // meanwhile never reach a logged-out browser after that.
+    let t = Instant::now();
+    while !stream.ended() {
+        assert!(
+            t.elapsed() < Duration::from_secs(25),
+            "the stream outlived its session"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        s.write_lp(&format!("m,device=dev-a power=1 {}", now_s()));
+    }
+}

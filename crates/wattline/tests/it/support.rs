@@ -536,6 +536,7 @@ pub fn approx(a: f64, b: f64) -> bool {
 pub struct EventStream {
     pub status: u16,
     reader: BufReader<std::net::TcpStream>,
+    closed: bool,
 }
 
 impl TestServer {
@@ -570,11 +571,21 @@ impl TestServer {
             .and_then(|l| l.split(' ').nth(1))
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("no status line: {head:?}"));
-        EventStream { status, reader }
+        EventStream {
+            status,
+            reader,
+            closed: false,
+        }
     }
 }
 
 impl EventStream {
+    /// Whether the server has closed the stream (the body ended or the connection closed).
+    pub fn ended(&mut self) -> bool {
+        let _ = self.next_event(Duration::from_millis(300));
+        self.closed
+    }
+
     /// The next event's (name, data) within `within`; `None` if none came or the stream ended.
     /// Keep-alive comments and chunk framing lines are skipped.
     pub fn next_event(&mut self, within: Duration) -> Option<(String, String)> {
@@ -583,11 +594,19 @@ impl EventStream {
         while Instant::now() < deadline {
             let mut line = String::new();
             match self.reader.read_line(&mut line) {
-                Ok(0) => return None,
+                Ok(0) => {
+                    self.closed = true;
+                    return None;
+                }
                 Ok(_) => {}
                 Err(_) => continue,
             }
             let line = line.trim_end();
+            // A chunked body ends with a zero-length chunk; the connection may stay open.
+            if line == "0" {
+                self.closed = true;
+                return None;
+            }
             if let Some(n) = line.strip_prefix("event:") {
                 name = Some(n.trim().to_owned());
             } else if let Some(d) = line.strip_prefix("data:") {
