@@ -214,6 +214,14 @@ await test("an admin creates a device and sees its credentials once", desktop, a
   await page.waitForSelector("#admin-devices tr[data-device='dev-new']");
   assert((await page.$("#credentials")) === null, "credentials shown again after reload");
   assert(!(await page.content()).includes(token), "the token is on the page again");
+  // An owner's sites are changed in place.
+  const row = page.locator("#users tr[data-user='owner-b@x.test']");
+  await row.locator("select").selectOption(["site-a", "site-b"]);
+  await row.locator("button:text('Save sites')").click();
+  await page.waitForSelector("#admin-result:has-text('saved')");
+  const users = await (await fetch(`${base}/api/v1/users`, { headers: { Authorization: `Token ${admin}` } })).json();
+  const b = users.find((u) => u.email === "owner-b@x.test");
+  assert(JSON.stringify([...b.sites].sort()) === '["site-a","site-b"]', `owner-b's sites: ${b.sites}`);
 });
 
 await test("overview at 360 px has no horizontal scroll", phone, async (page) => {

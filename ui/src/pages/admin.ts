@@ -1,4 +1,4 @@
-import { Device, Site, del, get, post, put, qs } from "../api";
+import { Device, Site, del, get, patch, post, put, qs } from "../api";
 import { Child, ago, clear, h } from "../dom";
 
 interface User {
@@ -185,6 +185,31 @@ export async function adminPage(app: HTMLElement): Promise<() => void> {
     })();
   });
 
+  // A user's sites and enabled state are changed in place.
+  const userRow = (u: User) => {
+    const sitesPicker = h("select", { multiple: true, "aria-label": `Sites of ${u.email}` },
+      sites.map((s) => h("option", { value: s.id, selected: u.sites.includes(s.id) }, s.id)));
+    return h(
+      "tr",
+      { "data-user": u.email },
+      h("td", {}, u.email),
+      h("td", {}, u.role),
+      h("td", {}, u.role === "admin" ? h("span", { class: "muted" }, "all") : sitesPicker),
+      h(
+        "td",
+        { class: "actions" },
+        u.role === "admin" ? null : h("button", { onclick: guard(async () => {
+          await patch(`/api/v1/users/${encodeURIComponent(u.id)}`, { sites: Array.from(sitesPicker.selectedOptions).map((o) => o.value) });
+          show(h("p", {}, `Sites of ${u.email} saved.`));
+        }) }, "Save sites"),
+        h("button", { onclick: guard(async () => {
+          await patch(`/api/v1/users/${encodeURIComponent(u.id)}`, { disabled: !u.disabled });
+          reload();
+        }) }, u.disabled ? "Enable" : "Disable"),
+      ),
+    );
+  };
+
   // Pending devices
   const pendingRow = (p: Pending) => {
     const site = h("select", { "aria-label": "Site" }, siteOptions());
@@ -222,7 +247,7 @@ export async function adminPage(app: HTMLElement): Promise<() => void> {
         : h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Format"), h("th", {}, "Id"), h("th", {}, "Last seen"), h("th", {}, "Messages"), h("th", {}, ""))), h("tbody", {}, pending.pending.map(pendingRow))))),
     h("section", { class: "card" }, h("h2", {}, "Sites"), siteForm, h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Id"), h("th", {}, "Name"), h("th", {}, "Zone"), h("th", {}, "TCP enrollment"), h("th", {}, "Ingest tokens"))), h("tbody", {}, sites.map(siteRow))))),
     users.length
-      ? h("section", { class: "card" }, h("h2", {}, "Users"), userForm, h("div", { class: "table-wrap" }, h("table", { id: "users" }, h("thead", {}, h("tr", {}, h("th", {}, "E-mail"), h("th", {}, "Role"), h("th", {}, "Sites"), h("th", {}, ""))), h("tbody", {}, users.map((u) => h("tr", {}, h("td", {}, u.email), h("td", {}, u.role), h("td", {}, u.sites.join(", ")), h("td", {}, u.disabled ? "disabled" : "")))))))
+      ? h("section", { class: "card" }, h("h2", {}, "Users"), userForm, h("div", { class: "table-wrap" }, h("table", { id: "users" }, h("thead", {}, h("tr", {}, h("th", {}, "E-mail"), h("th", {}, "Role"), h("th", {}, "Sites"), h("th", {}, ""))), h("tbody", {}, users.map(userRow)))))
       : null,
     h("p", { class: "muted small" }, h("a", { href: `/api/v1/audit?${qs({ limit: 100 })}` }, "Audit log (JSON)")),
   );

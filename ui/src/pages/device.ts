@@ -7,9 +7,7 @@ const QUANTITY_ORDER = ["power", "voltage", "current", "power_factor", "energy",
 
 export async function devicePage(app: HTMLElement, id: string, params: URLSearchParams): Promise<() => void> {
   const device = await get<Device>(`/api/v1/devices/${encodeURIComponent(id)}`);
-  const list = await get<Device[]>("/api/v1/devices");
-  const listed = list.find((d) => d.id === id);
-  const latest: Record<string, Record<string, number | string>> = listed?.latest ?? {};
+  const latest: Record<string, Record<string, number | string>> = device.latest ?? {};
   const channels = () => Object.keys(latest).sort();
   let preset = PRESETS[params.get("range") ?? ""] ? params.get("range")! : "1h";
   let quantity = params.get("quantity") ?? "power";
