@@ -5,9 +5,9 @@
 //! `npm run build` first. Without npm, or with `WATTLINE_SKIP_UI=1`, it embeds whatever
 //! `ui/dist` holds, or nothing; the server then answers `/` with how to build the UI.
 //!
-//! Only the UI's sources are watched, never `node_modules` or `dist` itself, so a Rust-only
-//! change does not make cargo scan or rebuild anything here. The embedded files are read with
-//! `include_bytes!`, so rustc itself notices when one of them changes.
+//! Only the UI's sources and `dist/index.html` are watched, never `node_modules`, so a
+//! Rust-only change does not make cargo scan or rebuild anything here. The embedded files are
+//! read with `include_bytes!`, so rustc itself notices when one of them changes.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -35,8 +35,9 @@ fn main() {
             println!("cargo:rerun-if-changed={}", ui.join(s).display());
         }
     }
-    // A UI built by hand after a build without one is picked up: cargo reruns this script
-    // while the path is missing, and again when the file appears or changes.
+    // A UI built by hand, or a deleted dist/, is noticed through its index.html (while it is
+    // missing, cargo reruns this script on every build). A UI built here is dated to its
+    // sources (see `build_ui`), so that does not cause a second run.
     println!(
         "cargo:rerun-if-changed={}",
         dist.join("index.html").display()
@@ -50,15 +51,6 @@ fn main() {
                 "cargo:warning=build it with: cd ui && npm ci && npm run build (then rebuild)"
             );
         }
-    }
-    if !dist.join("index.html").exists() {
-        // Without a UI, a missing path makes cargo rerun this script on every build, so a UI
-        // built by hand is picked up. With one, watching dist/ would make every UI build
-        // here cost a second Rust rebuild; the sources above cover it.
-        println!(
-            "cargo:rerun-if-changed={}",
-            dist.join("index.html").display()
-        );
     }
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("set by cargo")).join("ui_assets.rs");
     std::fs::write(&out, assets_source(&dist)).expect("write ui_assets.rs");
