@@ -190,8 +190,16 @@ await test("devices table sorts and exports", desktop, async (page) => {
   assert(text.includes("dev-a1") && !text.includes("dev-b1"), "export holds only the owner's devices");
 });
 
-await test("an admin creates a device and sees its credentials once", desktop, async (page) => {
+await test("an admin sees rejected readings, creates a device and sees its credentials once", desktop, async (page) => {
+  const bad = await fetch(`${base}/api/v1/readings`, {
+    method: "POST",
+    headers: { Authorization: `Token ${admin}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ device: "ghost-meter", power: 1 }),
+  });
+  assert(bad.status === 404, `a reading for an unknown device: ${bad.status}`);
   await login(page, "admin@x.test");
+  // Admins see it on the overview.
+  await page.waitForSelector("#rejected:has-text('ghost-meter')");
   await page.click("#nav-admin");
   await page.waitForSelector("#new-device");
   await page.fill("#new-device-id", "dev-new");

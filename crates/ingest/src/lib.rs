@@ -13,6 +13,7 @@
 
 pub mod metrics;
 pub mod registry;
+pub mod rejections;
 pub mod rollup;
 
 use std::collections::{BTreeSet, HashMap};
@@ -176,6 +177,7 @@ struct Shared {
     /// flush moves pending rollups into storage: a query sees each reading exactly once.
     flush_gate: RwLock<()>,
     queue_space: Arc<Semaphore>,
+    rejections: rejections::Rejections,
     /// Committed batches for live dashboards; `None` once [`Engine::close_live`] ended them.
     live_tx: Mutex<Option<broadcast::Sender<LiveBatch>>>,
 }
@@ -221,6 +223,7 @@ impl Engine {
             live: Default::default(),
             flush_gate: RwLock::new(()),
             live_tx: Mutex::new(Some(broadcast::channel(LIVE_CAPACITY).0)),
+            rejections: Default::default(),
         });
         for site in store.list_sites().await? {
             shared.registry.put_site(&site);
@@ -292,6 +295,11 @@ impl Engine {
 
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// The most recent rejected readings, whichever transport refused them.
+    pub fn rejections(&self) -> &rejections::Rejections {
+        &self.shared.rejections
     }
 
     pub fn config(&self) -> &EngineConfig {

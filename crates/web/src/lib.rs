@@ -188,6 +188,11 @@ pub fn routes() -> Vec<Route> {
         route(M::GET, "/api/v1/devices/{id}/energy", query::energy),
         route(M::GET, "/api/v1/export", query::export),
         route(M::GET, "/api/v1/live", live::live),
+        route(
+            M::GET,
+            "/api/v1/rejected-readings",
+            query::rejected_readings,
+        ),
     ]
 }
 

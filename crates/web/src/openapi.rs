@@ -272,6 +272,13 @@ fn add_live(doc: &mut Value) {
                 "content": {"text/event-stream": {"schema": {"type": "string"}}}},
             "404": err("No such device or site"),
             "503": err("The server is shutting down")}))}});
+    doc["paths"]["/api/v1/rejected-readings"] = json!({"get": {
+        "summary": "The most recent readings refused on HTTP, newest first (administrators)",
+        "description": "Kept in memory on this node: the last 200, at most 10 from one request.",
+        "responses": admin_errors(json!({"200": ok_json("Rejected readings", json!({"type": "object",
+            "properties": {"rejected": {"type": "array", "items": {"type": "object", "properties": {
+                "ts": {"type": "string"}, "transport": {"type": "string"}, "actor": {"type": "string"},
+                "code": {"type": "string"}, "message": {"type": "string"}}}}}}))}))}});
 }
 
 /// TCP socket-meter enrollment; added apart from the big literal, whose macro expansion is at

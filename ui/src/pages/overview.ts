@@ -1,4 +1,4 @@
-import { Device, Series, Site, get, live, powerNow, qs } from "../api";
+import { Device, Series, Site, get, isAdmin, live, powerNow, qs } from "../api";
 import { lineChart, LineChart } from "../chart";
 import { ago, clear, fmtNum, fmtPower, h } from "../dom";
 
@@ -26,6 +26,7 @@ export async function overviewPage(app: HTMLElement, params: URLSearchParams): P
   const chartEl = h("div", { class: "chart", id: "overview-chart" });
   const ranked = h("tbody");
   const offline = h("ul", { id: "offline" });
+  const rejected = h("div", { id: "rejected", class: "table-wrap" }, h("p", { class: "muted" }, "…"));
   clear(
     app,
     h("div", { class: "row" }, h("h1", {}, "Overview"), sites.length > 1 ? picker : h("span", { class: "muted" }, site.name)),
@@ -49,7 +50,9 @@ export async function overviewPage(app: HTMLElement, params: URLSearchParams): P
       ),
     ),
     h("section", { class: "card" }, h("h2", {}, "Offline"), offline),
+    isAdmin() ? h("section", { class: "card" }, h("h2", {}, "Recently rejected readings"), rejected) : null,
   );
+  if (isAdmin()) void loadRejected(rejected);
 
   const sum = () => devices.reduce((acc, d) => acc + (powerNow(d) ?? 0), 0);
   const render = () => {
@@ -191,4 +194,28 @@ async function history(devices: Device[]): Promise<[number, number][] | null> {
   };
   await Promise.all([worker(), worker(), worker(), worker()]);
   return [...minutes.entries()].sort((a, b) => a[0] - b[0]);
+}
+
+interface Rejected {
+  ts: string;
+  transport: string;
+  actor: string;
+  code: string;
+  message: string;
+}
+
+async function loadRejected(el: HTMLElement): Promise<void> {
+  const r = await get<{ rejected: Rejected[] }>("/api/v1/rejected-readings").catch(() => ({ rejected: [] as Rejected[] }));
+  const list = r.rejected.slice(0, 20);
+  clear(
+    el,
+    list.length === 0
+      ? h("p", { class: "muted" }, "None since the server started.")
+      : h(
+          "table",
+          {},
+          h("thead", {}, h("tr", {}, h("th", {}, "When"), h("th", {}, "From"), h("th", {}, "Code"), h("th", {}, "Message"))),
+          h("tbody", {}, list.map((e) => h("tr", {}, h("td", {}, ago(e.ts)), h("td", {}, `${e.actor} (${e.transport})`), h("td", {}, e.code), h("td", {}, e.message)))),
+        ),
+  );
 }

@@ -444,6 +444,7 @@ fn case(w: &World, method: &str, path: &str, who: Who) -> Option<(Class, Call)> 
             Call::at("/api/v1/devices/dev-a/energy?interval=day"),
         ),
         ("GET", "/api/v1/export") => (SiteRead(200), Call::at("/api/v1/export?device=dev-a")),
+        ("GET", "/api/v1/rejected-readings") => (AdminOnly(200), Call::at(path)),
         ("GET", "/api/v1/live") => (
             SiteRead(200),
             Call {
