@@ -13,6 +13,7 @@
 
 pub mod metrics;
 pub mod registry;
+pub mod rejections;
 pub mod rollup;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -20,7 +21,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, RwLock, Semaphore};
+use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, RwLock, Semaphore};
 use tokio::task::JoinHandle;
 use wattline_domain::energy::{EnergyConfig, EnergyState};
 use wattline_domain::{Agg, BucketTier, Point, Reading, SeriesId, TsMs};
@@ -187,7 +188,18 @@ struct Shared {
     /// flush moves pending rollups into storage: a query sees each reading exactly once.
     flush_gate: RwLock<()>,
     queue_space: Arc<Semaphore>,
+    rejections: rejections::Rejections,
+    /// Committed batches for live dashboards; `None` once [`Engine::close_live`] ended them.
+    live_tx: Mutex<Option<broadcast::Sender<LiveBatch>>>,
 }
+
+/// The readings of one group commit, shared by every live subscriber.
+pub type LiveBatch = Arc<[Reading]>;
+
+/// Commits a live subscriber may fall behind by before it skips ahead. A commit holds up to
+/// `max_commit_readings`, so this bounds memory by commits, not readings; a slow dashboard
+/// loses batches (it is told how many) instead of holding the writer back.
+const LIVE_CAPACITY: usize = 256;
 
 /// Handle to the write path; cheap to clone.
 #[derive(Clone)]
@@ -221,6 +233,8 @@ impl Engine {
             pending: Default::default(),
             live: Default::default(),
             flush_gate: RwLock::new(()),
+            live_tx: Mutex::new(Some(broadcast::channel(LIVE_CAPACITY).0)),
+            rejections: Default::default(),
         });
         for site in store.list_sites().await? {
             shared.registry.put_site(&site);
@@ -294,6 +308,11 @@ impl Engine {
         &self.shared.metrics
     }
 
+    /// The most recent rejected readings, whichever transport refused them.
+    pub fn rejections(&self) -> &rejections::Rejections {
+        &self.shared.rejections
+    }
+
     pub fn config(&self) -> &EngineConfig {
         &self.shared.config
     }
@@ -327,6 +346,23 @@ impl Engine {
             })
             .map_err(|_| EngineError::ShuttingDown)?;
         rx.await.map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    /// Every committed batch from now on, once it is durable. `None` after [`Engine::close_live`].
+    /// A receiver that falls more than a few hundred commits behind gets `Lagged` and skips.
+    pub fn subscribe_live(&self) -> Option<broadcast::Receiver<LiveBatch>> {
+        self.shared
+            .live_tx
+            .lock()
+            .expect("live_tx poisoned")
+            .as_ref()
+            .map(broadcast::Sender::subscribe)
+    }
+
+    /// Ends every live subscription (their receivers see `Closed`), so that long-lived
+    /// streams do not hold a graceful shutdown open.
+    pub fn close_live(&self) {
+        self.shared.live_tx.lock().expect("live_tx poisoned").take();
     }
 
     /// Makes pending rollups durable now.
@@ -568,7 +604,20 @@ async fn commit_group(shared: &Shared, group: Vec<WriteRequest>) {
     let touched = result.as_ref().map(Vec::clone).unwrap_or_default();
     shared.metrics.queue_depth.fetch_sub(total as u64, Relaxed);
     shared.metrics.write_batches.fetch_add(1, Relaxed);
-    for req in accepted {
+    // The batch is built only when a dashboard listens, from readings that are moved, not
+    // copied, once their writer has its answer.
+    let live_tx = match &result {
+        Ok(_) => shared
+            .live_tx
+            .lock()
+            .expect("live_tx poisoned")
+            .as_ref()
+            .filter(|tx| tx.receiver_count() > 0)
+            .cloned(),
+        Err(_) => None,
+    };
+    let mut live = Vec::new();
+    for mut req in accepted {
         let n = req.readings.len();
         let reply = match &result {
             Ok(_) => {
@@ -587,6 +636,15 @@ async fn commit_group(shared: &Shared, group: Vec<WriteRequest>) {
             }
         };
         let _ = req.done.send(reply);
+        if live_tx.is_some() {
+            live.append(&mut req.readings);
+        }
+    }
+    if let Some(tx) = live_tx {
+        if !live.is_empty() {
+            // Fails only when every receiver has gone since the check: nobody to tell.
+            let _ = tx.send(live.into());
+        }
     }
     if let Err(e) = result {
         tracing::error!(error = %e, readings = total, "group commit failed");

@@ -141,6 +141,11 @@ async fn store(
         metrics.reject(e.code, 1);
     }
     authorize(state, &principal, &mut outcome);
+    state.engine.rejections().note(
+        transport,
+        &principal.actor(),
+        outcome.errors.iter().map(|e| (e.code, e.message.as_str())),
+    );
     if !outcome.errors.is_empty() {
         let first = &outcome.errors[0];
         tracing::warn!(

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod ingest;
+pub mod live;
 pub mod mqtt;
 pub mod openapi;
 pub mod query;
@@ -14,6 +15,7 @@ pub mod security;
 pub mod tcp;
 pub mod throttle;
 pub mod tls;
+pub mod ui;
 
 pub use tls::serve_tls;
 
@@ -93,6 +95,9 @@ where
 pub fn routes() -> Vec<Route> {
     use Method as M;
     vec![
+        // the dashboard
+        route(M::GET, "/", ui::index),
+        route(M::GET, "/assets/{*path}", ui::assets),
         route(M::GET, "/healthz", healthz),
         route(M::GET, "/metrics", metrics),
         route(M::GET, "/api/v1/openapi.json", openapi::document),
@@ -200,6 +205,12 @@ pub fn routes() -> Vec<Route> {
         route(M::GET, "/api/v1/devices/{id}/stats", query::stats),
         route(M::GET, "/api/v1/devices/{id}/energy", query::energy),
         route(M::GET, "/api/v1/export", query::export),
+        route(M::GET, "/api/v1/live", live::live),
+        route(
+            M::GET,
+            "/api/v1/rejected-readings",
+            query::rejected_readings,
+        ),
     ]
 }
 
@@ -284,6 +295,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let shutdown = close_live_on(shutdown, &state);
     let app = security::apply(router(state), false);
     axum::serve(
         listener,
@@ -291,4 +303,17 @@ pub async fn serve(
     )
     .with_graceful_shutdown(shutdown)
     .await
+}
+
+/// Live streams never end on their own: close them when shutdown starts, or the graceful
+/// shutdown would wait for every open dashboard.
+pub(crate) fn close_live_on(
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    state: &AppState,
+) -> impl Future<Output = ()> + Send + 'static {
+    let engine = state.engine.clone();
+    async move {
+        shutdown.await;
+        engine.close_live();
+    }
 }

@@ -435,3 +435,23 @@ pub async fn export(
     )
         .into_response())
 }
+
+/// `GET /api/v1/rejected-readings`: the most recent readings refused on HTTP, newest first
+/// (administrators; kept in memory, per node).
+pub async fn rejected_readings(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Value>> {
+    caller.require_admin(false)?;
+    let list: Vec<Value> = state
+        .engine
+        .rejections()
+        .recent()
+        .into_iter()
+        .map(|r| {
+            json!({"ts": r.ts.to_string(), "transport": r.transport, "actor": r.actor,
+                   "code": r.code, "message": r.message})
+        })
+        .collect();
+    Ok(Json(json!({ "rejected": list })))
+}

@@ -37,6 +37,7 @@ pub async fn serve_tls(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let shutdown = crate::close_live_on(shutdown, &state);
     serve_router_tls(
         listener,
         tls,

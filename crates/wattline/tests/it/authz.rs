@@ -218,6 +218,8 @@ struct Call {
     body: Option<Value>,
     raw: Option<String>,
     own_session: bool,
+    /// An endless answer (event stream): only its status is read.
+    stream: bool,
 }
 
 impl Call {
@@ -227,6 +229,7 @@ impl Call {
             body: None,
             raw: None,
             own_session: false,
+            stream: false,
         }
     }
     fn json(mut self, body: Value) -> Call {
@@ -245,6 +248,9 @@ fn case(w: &World, method: &str, path: &str, who: Who) -> Option<(Class, Call)> 
     let lp = format!("energy,device=dev-a power=100 {now}");
     use Class::*;
     Some(match (method, path) {
+        ("GET", "/") => (Public(200), Call::at(path)),
+        // A name no build produces: the answer does not depend on whether the UI was built.
+        ("GET", "/assets/{*path}") => (Public(404), Call::at("/assets/no-such-file.js")),
         ("GET", "/healthz") => (Public(200), Call::at(path)),
         ("GET", "/api/v1/openapi.json") => (Public(200), Call::at(path)),
         ("GET", "/metrics") => (AdminOnly(200), Call::at(path)),
@@ -438,6 +444,14 @@ fn case(w: &World, method: &str, path: &str, who: Who) -> Option<(Class, Call)> 
             Call::at("/api/v1/devices/dev-a/energy?interval=day"),
         ),
         ("GET", "/api/v1/export") => (SiteRead(200), Call::at("/api/v1/export?device=dev-a")),
+        ("GET", "/api/v1/rejected-readings") => (AdminOnly(200), Call::at(path)),
+        ("GET", "/api/v1/live") => (
+            SiteRead(200),
+            Call {
+                stream: true,
+                ..Call::at("/api/v1/live?device=dev-a")
+            },
+        ),
         _ => return None,
     })
 }
@@ -449,6 +463,14 @@ fn call(w: &World, method: &str, who: Who, c: &Call) -> FullReply {
         _ => Some(w.sessions[&who].clone()),
     };
     let headers = session.as_ref().map(Session::headers).unwrap_or_default();
+    if c.stream {
+        let status = w.s.open_stream(&c.path, &headers).status;
+        return FullReply {
+            status,
+            body: String::new(),
+            headers: Vec::new(),
+        };
+    }
     let body = match (&c.body, &c.raw) {
         (Some(v), _) => Some(("application/json", v.to_string().into_bytes())),
         (None, Some(raw)) => Some(("text/plain", raw.clone().into_bytes())),

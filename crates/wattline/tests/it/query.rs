@@ -122,3 +122,31 @@ fn json_logs_are_one_object_per_line() {
         "the rejection was logged with its fields:\n{log}"
     );
 }
+
+#[test]
+fn admins_see_the_most_recent_rejected_readings() {
+    let s = TestServer::start();
+    s.create_device("meter", None);
+    let now = crate::support::now_s();
+    let r = s.post_raw(
+        "/write?precision=s",
+        Some(ADMIN),
+        format!("m,device=meter power=1 {now}\nm,device=ghost power=2 {now}\n"),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = s.post_json(
+        "/api/v1/readings",
+        Some(ADMIN),
+        &serde_json::json!({"device": "meter", "power": "lots"}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let list = s.get("/api/v1/rejected-readings", Some(ADMIN)).json();
+    let list = list["rejected"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{list:?}");
+    // Newest first: the JSON write, then the line naming an unknown device.
+    assert_eq!(list[0]["transport"], "http-json");
+    assert_eq!(list[1]["transport"], "http-lp");
+    assert_eq!(list[1]["code"], "unknown_device");
+    assert!(list[1]["message"].as_str().unwrap().contains("ghost"));
+    assert_eq!(list[1]["actor"], "admin-token");
+}

@@ -564,3 +564,92 @@ pub fn now_s() -> i64 {
 pub fn approx(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1.0)
 }
+
+/// A streaming answer (Server-Sent Events) read over a raw connection, line by line, each
+/// read bounded by a deadline: an HTTP client that reads whole bodies would wait forever.
+pub struct EventStream {
+    pub status: u16,
+    reader: BufReader<std::net::TcpStream>,
+    closed: bool,
+}
+
+impl TestServer {
+    /// Sends a GET and reads the status line and headers; the body is left to `next_event`.
+    pub fn open_stream(&self, path: &str, headers: &[(&str, &str)]) -> EventStream {
+        use std::io::Write as _;
+        let addr = self.base.trim_start_matches("http://");
+        let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut req =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        conn.write_all(req.as_bytes()).expect("send");
+        let mut reader = BufReader::new(conn);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut head = Vec::new();
+        while !head.ends_with(&[String::new()]) {
+            assert!(Instant::now() < deadline, "no answer head for {path}");
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) => break,
+                Ok(_) => head.push(line.trim_end().to_owned()),
+                Err(_) => continue,
+            }
+        }
+        let status = head
+            .first()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status line: {head:?}"));
+        EventStream {
+            status,
+            reader,
+            closed: false,
+        }
+    }
+}
+
+impl EventStream {
+    /// Whether the server has closed the stream (the body ended or the connection closed).
+    pub fn ended(&mut self) -> bool {
+        let _ = self.next_event(Duration::from_millis(300));
+        self.closed
+    }
+
+    /// The next event's (name, data) within `within`; `None` if none came or the stream ended.
+    /// Keep-alive comments and chunk framing lines are skipped.
+    pub fn next_event(&mut self, within: Duration) -> Option<(String, String)> {
+        let deadline = Instant::now() + within;
+        let (mut name, mut data) = (None, None);
+        while Instant::now() < deadline {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) => {
+                    self.closed = true;
+                    return None;
+                }
+                Ok(_) => {}
+                Err(_) => continue,
+            }
+            let line = line.trim_end();
+            // A chunked body ends with a zero-length chunk; the connection may stay open.
+            if line == "0" {
+                self.closed = true;
+                return None;
+            }
+            if let Some(n) = line.strip_prefix("event:") {
+                name = Some(n.trim().to_owned());
+            } else if let Some(d) = line.strip_prefix("data:") {
+                data = Some(d.trim().to_owned());
+            }
+            if let (Some(n), Some(d)) = (&name, &data) {
+                return Some((n.clone(), d.clone()));
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,248 @@
+//! `GET /api/v1/live`: readings as they are committed, as Server-Sent Events.
+//!
+//! The engine publishes each durable commit once, as one shared batch; every stream filters
+//! that batch for its caller on its own task, so a hundred dashboards cost the writer one
+//! broadcast per commit. A stream that falls behind skips batches (and says so with a
+//! `lagged` event, so the page can refetch) rather than slowing ingest down.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
+use serde_json::{json, Map, Value};
+use tokio::sync::broadcast::error::RecvError;
+use wattline_domain::{DeviceId, Principal, Reading, SiteId};
+use wattline_ingest::{LiveBatch, Registry};
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::AppState;
+
+/// Proxies and browsers drop connections that stay silent; a comment this often keeps the
+/// stream open and lets the server notice a client that has gone.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Most devices one stream may name; a site or no filter covers more.
+const MAX_DEVICES: usize = 1000;
+/// How often an open stream checks that its caller may still read what it shows: a logout,
+/// a disabled account, a revoked token or a changed site assignment ends it within this.
+const RECHECK: Duration = Duration::from_secs(10);
+
+/// Which readings a stream carries.
+enum Filter {
+    Devices(HashSet<DeviceId>),
+    Site(SiteId),
+    /// Everything the caller may read.
+    Readable(Principal),
+}
+
+impl Filter {
+    /// Whether `principal` may still read everything this filter shows; a `Readable` filter
+    /// takes the new principal, so changed site assignments apply from now on.
+    fn still_allowed(&mut self, registry: &Registry, principal: Principal) -> bool {
+        match self {
+            Filter::Devices(set) => set.iter().all(|d| {
+                registry
+                    .device_site(d)
+                    .is_some_and(|s| principal.may_read_site(&s))
+            }),
+            Filter::Site(site) => principal.may_read_site(site),
+            Filter::Readable(p) => {
+                *p = principal;
+                true
+            }
+        }
+    }
+
+    fn wants(&self, registry: &Registry, r: &Reading) -> bool {
+        match self {
+            Filter::Devices(set) => set.contains(&r.device),
+            Filter::Site(site) => registry.device_site(&r.device).as_ref() == Some(site),
+            Filter::Readable(p) => registry
+                .device_site(&r.device)
+                .is_some_and(|s| p.may_read_site(&s)),
+        }
+    }
+}
+
+fn reading_json(r: &Reading) -> String {
+    let mut values = Map::new();
+    for (q, v) in r.values.iter() {
+        values.insert(q.field().into(), json!(v));
+    }
+    json!({"device": r.device, "channel": r.channel.as_str(), "ts": r.ts.0, "values": Value::Object(values)})
+        .to_string()
+}
+
+/// Parses `device=a&device=b`, `device=a,b` and `site=s`.
+fn parse_query(query: Option<&str>) -> ApiResult<(Vec<DeviceId>, Option<SiteId>)> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|e| ApiError::bad_request("bad_query", e.to_string()))?;
+    let (mut devices, mut site) = (Vec::new(), None);
+    for (k, v) in pairs {
+        match k.as_str() {
+            "device" => {
+                for id in v.split(',').filter(|s| !s.is_empty()) {
+                    devices.push(
+                        DeviceId::parse(id)
+                            .map_err(|e| ApiError::bad_request("bad_id", e.to_string()))?,
+                    );
+                }
+            }
+            "site" => {
+                site = Some(
+                    SiteId::parse(v).map_err(|e| ApiError::bad_request("bad_id", e.to_string()))?,
+                )
+            }
+            _ => {}
+        }
+    }
+    if site.is_some() && !devices.is_empty() {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            "name devices or a site, not both",
+        ));
+    }
+    if devices.len() > MAX_DEVICES {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("at most {MAX_DEVICES} devices per stream; use site= for more"),
+        ));
+    }
+    Ok((devices, site))
+}
+
+/// `GET /api/v1/live`: authorised like the reads it mirrors (a device or site the caller may
+/// not read is a 404 before any event is sent).
+pub async fn live(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    caller.require_reader()?;
+    let (devices, site) = parse_query(query.as_deref())?;
+    let filter = if let Some(site) = site {
+        Filter::Site(caller.readable_site(&state, &site).await?.id)
+    } else if !devices.is_empty() {
+        let mut set = HashSet::new();
+        for d in &devices {
+            set.insert(caller.readable_device(&state, d).await?.id);
+        }
+        Filter::Devices(set)
+    } else {
+        Filter::Readable(caller.principal.clone())
+    };
+    let Some(rx) = state.engine.subscribe_live() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down",
+        ));
+    };
+    let credentials = Credentials {
+        headers,
+        query_password: query_password(query.as_deref()),
+    };
+    let stream = events(state, rx, filter, credentials);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response())
+}
+
+/// What the request authenticated with, to check again while the stream is open.
+struct Credentials {
+    headers: HeaderMap,
+    query_password: Option<String>,
+}
+
+/// InfluxDB-style `?p=` token, as the `Caller` extractor reads it.
+fn query_password(query: Option<&str>) -> Option<String> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(query.unwrap_or(""))
+        .ok()?
+        .into_iter()
+        .find(|(k, _)| k == "p")
+        .map(|(_, v)| v)
+}
+
+struct StreamState {
+    state: AppState,
+    rx: tokio::sync::broadcast::Receiver<LiveBatch>,
+    filter: Filter,
+    credentials: Credentials,
+    recheck: tokio::time::Interval,
+}
+
+fn events(
+    state: AppState,
+    rx: tokio::sync::broadcast::Receiver<LiveBatch>,
+    filter: Filter,
+    credentials: Credentials,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let s = StreamState {
+        state,
+        rx,
+        filter,
+        credentials,
+        recheck,
+    };
+    // Ends when the engine closes the channel (shutdown) or the caller loses access;
+    // otherwise lives as long as the client stays connected, which axum notices on the next
+    // write (keep-alive included).
+    futures::stream::unfold(s, |mut s| async move {
+        let events: Vec<Event> = tokio::select! {
+            received = s.rx.recv() => match received {
+                Ok(batch) => batch
+                    .iter()
+                    .filter(|r| s.filter.wants(s.state.engine.registry(), r))
+                    .map(|r| Event::default().event("reading").data(reading_json(r)))
+                    .collect(),
+                Err(RecvError::Lagged(n)) => vec![Event::default()
+                    .event("lagged")
+                    .data(json!({"missed_commits": n}).to_string())],
+                Err(RecvError::Closed) => return None,
+            },
+            _ = s.recheck.tick() => {
+                let principal = crate::auth::authenticate(
+                    &s.state,
+                    &s.credentials.headers,
+                    s.credentials.query_password.as_deref(),
+                    &Method::GET,
+                )
+                .await
+                .ok()?;
+                if !s.filter.still_allowed(s.state.engine.registry(), principal) {
+                    return None;
+                }
+                Vec::new()
+            }
+        };
+        Some((events, s))
+    })
+    .flat_map(|events| futures::stream::iter(events.into_iter().map(Ok)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_repeat_or_come_as_a_list() {
+        let (d, s) = parse_query(Some("device=a&device=b,c")).unwrap();
+        let ids: Vec<&str> = d.iter().map(|d| d.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert!(s.is_none());
+        let (d, s) = parse_query(Some("site=home")).unwrap();
+        assert!(d.is_empty());
+        assert_eq!(s.unwrap().as_str(), "home");
+        assert!(parse_query(Some("site=a&device=b")).is_err());
+        assert!(parse_query(Some("device=bad%20id")).is_err());
+        assert!(parse_query(None).unwrap().0.is_empty());
+    }
+}

@@ -1,0 +1,256 @@
+import { Device, Series, get, live, qs } from "../api";
+import { align, lineChart, LineChart, width } from "../chart";
+import { ago, clear, fmtNum, fmtTime, h } from "../dom";
+
+const PRESETS: Record<string, number> = { "1h": 3600e3, "24h": 86400e3, "7d": 7 * 86400e3, "30d": 30 * 86400e3, "1y": 365 * 86400e3 };
+const QUANTITY_ORDER = ["power", "voltage", "current", "power_factor", "energy", "frequency", "apparent_power", "reactive_power"];
+
+export async function devicePage(app: HTMLElement, id: string, params: URLSearchParams): Promise<() => void> {
+  const device = await get<Device>(`/api/v1/devices/${encodeURIComponent(id)}`);
+  const latest: Record<string, Record<string, number | string>> = device.latest ?? {};
+  const channels = () => Object.keys(latest).sort();
+  let preset = PRESETS[params.get("range") ?? ""] ? params.get("range")! : "1h";
+  let quantity = params.get("quantity") ?? "power";
+  // The visible range; `follow` while it ends at "now" and slides with live readings.
+  let to = Date.now();
+  let from = to - PRESETS[preset];
+  let follow = true;
+  let chart: LineChart | null = null;
+  let shown: string[] = [];
+  let data: (number | null)[][] = [[]];
+  let loadSeq = 0;
+
+  const tier = h("span", { id: "tier", class: "badge" });
+  const range = h("span", { id: "range", class: "muted" });
+  const stats = h("div", { id: "stats", class: "cards" });
+  const chartEl = h("div", { class: "chart", id: "device-chart" });
+  const latestTable = h("table", { id: "latest" });
+  const energyEl = h("div", { class: "chart", id: "energy-chart" });
+  let energyChart: LineChart | null = null;
+  const quantityPicker = h("select", {
+    id: "quantity",
+    "aria-label": "Quantity",
+    onchange: (e: Event) => {
+      quantity = (e.target as HTMLSelectElement).value;
+      void load();
+    },
+  });
+  const presetButtons = Object.keys(PRESETS).map((p) =>
+    h("button", { class: "preset", "data-preset": p, onclick: () => setPreset(p) }, p),
+  );
+  const status = h("span", { class: device.site ? "" : "muted" });
+  clear(
+    app,
+    h("div", { class: "row" }, h("h1", {}, device.name || device.id), status),
+    h("p", { class: "muted" }, `${device.id} · site ${device.site}${device.kind ? ` · ${device.kind}` : ""}`),
+    h(
+      "section",
+      { class: "card" },
+      h(
+        "div",
+        { class: "row wrap" },
+        h("div", { class: "presets" }, presetButtons),
+        quantityPicker,
+        h("button", { id: "pan-left", title: "Earlier", onclick: () => pan(-0.5) }, "←"),
+        h("button", { id: "pan-right", title: "Later", onclick: () => pan(0.5) }, "→"),
+        tier,
+      ),
+      range,
+      chartEl,
+      h("p", { class: "muted small" }, "Drag across the chart to zoom in."),
+      stats,
+    ),
+    h("section", { class: "card" }, h("h2", {}, "Latest values"), h("div", { class: "table-wrap" }, latestTable)),
+    h(
+      "section",
+      { class: "card" },
+      h(
+        "div",
+        { class: "row" },
+        h("h2", {}, "Energy"),
+        h("span", { class: "spacer" }),
+        ["hour", "day", "month"].map((i) => h("button", { class: "interval", "data-interval": i, onclick: () => void loadEnergy(i) }, `per ${i}`)),
+      ),
+      energyEl,
+    ),
+  );
+
+  const renderLatest = () => {
+    const qs_ = QUANTITY_ORDER.filter((q) => channels().some((c) => typeof latest[c][q] === "number"));
+    const extra = Array.from(new Set(channels().flatMap((c) => Object.keys(latest[c])))).filter(
+      (q) => q !== "ts" && !qs_.includes(q),
+    );
+    const cols = [...qs_, ...extra];
+    clear(
+      quantityPicker,
+      (cols.length ? cols : ["power"]).map((q) => h("option", { value: q, selected: q === quantity }, q)),
+    );
+    clear(
+      latestTable,
+      h("thead", {}, h("tr", {}, h("th", {}, "Channel"), h("th", {}, "Time"), cols.map((q) => h("th", { class: "num" }, q)))),
+      h(
+        "tbody",
+        {},
+        channels().length === 0
+          ? h("tr", {}, h("td", { colspan: cols.length + 2, class: "muted" }, "No readings yet"))
+          : channels().map((c) =>
+              h(
+                "tr",
+                { "data-channel": c },
+                h("td", {}, c),
+                h("td", {}, fmtTime(latest[c].ts as string)),
+                cols.map((q) => h("td", { class: "num", "data-quantity": q }, fmtNum(latest[c][q] as number, 2))),
+              ),
+            ),
+      ),
+    );
+    const lastSeen = channels()
+      .map((c) => Date.parse(latest[c].ts as string))
+      .filter(Number.isFinite)
+      .sort()
+      .pop();
+    status.textContent = lastSeen ? `last reading ${ago(lastSeen)}` : "no readings yet";
+  };
+
+  const setPreset = (p: string) => {
+    preset = p;
+    to = Date.now();
+    from = to - PRESETS[p];
+    follow = true;
+    void load();
+  };
+  const pan = (fraction: number) => {
+    const span = to - from;
+    to = Math.min(Date.now(), to + span * fraction);
+    from = to - span;
+    follow = to >= Date.now() - 1000;
+    void load();
+  };
+
+  const draw = (labels: string[], unit: string) => {
+    if (chart && labels.join() === shown.join()) {
+      chart.plot.setData(data as never);
+    } else {
+      chart?.destroy();
+      shown = labels;
+      chart = lineChart(chartEl, labels, data as never, {
+        unit,
+        onZoom: (min, max) => {
+          from = Math.round(min);
+          to = Math.round(max);
+          follow = false;
+          void load();
+        },
+      });
+    }
+    chart.plot.setScale("x", { min: from / 1000, max: to / 1000 });
+    chartEl.dataset.points = String(data[0].length);
+  };
+
+  async function load(): Promise<void> {
+    const seq = ++loadSeq;
+    for (const b of presetButtons) b.classList.toggle("active", follow && b.dataset.preset === preset);
+    const maxPoints = Math.max(100, Math.min(width(chartEl), 2000));
+    const chans = channels().length ? channels() : [undefined];
+    const results = await Promise.all(
+      chans.map((c) =>
+        get<Series>(
+          `/api/v1/devices/${encodeURIComponent(id)}/series?${qs({ quantity, channel: c, from, to, max_points: maxPoints })}`,
+        ),
+      ),
+    );
+    if (seq !== loadSeq) return;
+    const series = results.map((r) => ({ t: r.t, v: r.avg }));
+    const labels = results.map((r, i) => r.channel ?? chans[i] ?? "value");
+    // Phases add up to the device total; other quantities (voltage) do not.
+    const additive = ["power", "apparent_power", "reactive_power", "current"].includes(quantity) && quantity !== "current";
+    let aligned = align(series) as (number | null)[][];
+    if (additive && series.length > 1) {
+      const total = aligned[0].map((_, i) => {
+        const vs = aligned.slice(1).map((col) => col[i]);
+        return vs.every((v) => v !== null) ? vs.reduce((a, v) => a! + v!, 0) : null;
+      });
+      aligned = [...aligned, total];
+      labels.push("total");
+    }
+    data = aligned;
+    tier.textContent = `tier: ${results[0]?.tier ?? "raw"}`;
+    tier.dataset.tier = results[0]?.tier ?? "raw";
+    range.textContent = `${fmtTime(from)} – ${fmtTime(to)}`;
+    draw(labels, results[0]?.unit ?? "");
+    void loadStats();
+  }
+
+  async function loadStats(): Promise<void> {
+    const s = await get<{ channels: Record<string, Record<string, { avg: number; min: number; max: number }>> }>(
+      `/api/v1/devices/${encodeURIComponent(id)}/stats?${qs({ from, to })}`,
+    );
+    clear(
+      stats,
+      Object.entries(s.channels).map(([c, v]) => {
+        const q = v[quantity];
+        return h(
+          "div",
+          { class: "card small", "data-channel": c },
+          h("div", { class: "muted" }, `${c} ${quantity}`),
+          q ? h("div", {}, `avg ${fmtNum(q.avg, 1)} · min ${fmtNum(q.min, 1)} · max ${fmtNum(q.max, 1)}`) : h("div", { class: "muted" }, "no data"),
+        );
+      }),
+    );
+  }
+
+  async function loadEnergy(interval: string): Promise<void> {
+    const span = interval === "hour" ? 48 * 3600e3 : interval === "day" ? 31 * 86400e3 : 366 * 86400e3;
+    const now = Date.now();
+    const e = await get<{ buckets: { t: number; import_kwh: number }[] }>(
+      `/api/v1/devices/${encodeURIComponent(id)}/energy?${qs({ interval, from: now - span, to: now })}`,
+    );
+    energyChart?.destroy();
+    energyChart = lineChart(energyEl, ["kWh"], [e.buckets.map((b) => b.t / 1000), e.buckets.map((b) => b.import_kwh)], {
+      unit: "kWh",
+      bars: true,
+    });
+    document.querySelectorAll<HTMLButtonElement>("button.interval").forEach((b) => b.classList.toggle("active", b.dataset.interval === interval));
+  }
+
+  renderLatest();
+  await load();
+  void loadEnergy("day");
+
+  // Live: each reading updates the table at once and, while the chart follows "now" at the
+  // raw tier, is appended to it; coarser tiers refetch at most every 10 s.
+  let lastRefetch = Date.now();
+  const close = live(
+    `device=${encodeURIComponent(id)}`,
+    (r) => {
+      const isNew = !(r.channel in latest);
+      latest[r.channel] = { ...(latest[r.channel] ?? {}), ...r.values, ts: new Date(r.ts).toISOString() };
+      renderLatest();
+      if (isNew) {
+        void load();
+        return;
+      }
+      if (!follow) return;
+      const col = shown.indexOf(r.channel) + 1;
+      const v = r.values[quantity];
+      if (tier.dataset.tier === "raw" && col > 0 && typeof v === "number") {
+        data = data.map((c, i) => [...c, i === 0 ? r.ts / 1000 : i === col ? v : null]);
+        to = Math.max(Date.now(), r.ts + 1);
+        from = to - PRESETS[preset];
+        draw(shown, "");
+        chartEl.dataset.lastValue = String(v);
+      } else if (Date.now() - lastRefetch > 10_000) {
+        lastRefetch = Date.now();
+        to = Date.now();
+        from = to - PRESETS[preset];
+        void load();
+      }
+    },
+    () => void load(),
+  );
+  return () => {
+    close();
+    chart?.destroy();
+    energyChart?.destroy();
+  };
+}
