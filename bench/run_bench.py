@@ -433,7 +433,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def start_server(a, datadir, logpath, database=None):
-    cmd = [a.binary, "serve", "--http", "127.0.0.1:0", "--data-dir", str(datadir)]
+    # No MQTT listener: a Mosquitto on 1883 would stop the server; only HTTP is measured.
+    cmd = [a.binary, "serve", "--http", "127.0.0.1:0", "--mqtt", "off", "--data-dir", str(datadir)]
     if database:
         cmd += ["--database", database]
     logf = open(logpath, "w")
