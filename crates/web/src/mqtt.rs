@@ -12,7 +12,7 @@ use wattline_domain::{Device, DeviceId, TsMs};
 use wattline_mqtt::hash_secret;
 use wattline_storage::{Binding, PendingDevice, StoreError};
 
-use crate::admin::{device_json, parse_body, parse_device_id};
+use crate::admin::{parse_body, parse_device_id};
 use crate::auth::{new_token, Caller};
 use crate::error::{ApiError, ApiPath, ApiResult};
 use crate::AppState;
@@ -350,11 +350,4 @@ pub async fn add_mqtt_view(state: &AppState, device: &Device, body: &mut Value) 
     body["bindings"] = json!(bindings.iter().map(binding_json).collect::<Vec<_>>());
     body["mqtt_username"] = json!(state.engine.store().mqtt_username(&device.id).await?);
     Ok(())
-}
-
-/// A device JSON for lists: availability only (no per-device queries).
-pub fn device_list_json(state: &AppState, device: &Device, now: TsMs) -> Value {
-    let mut body = device_json(device);
-    body["availability"] = json!(state.hub.availability(&device.id, now));
-    body
 }
