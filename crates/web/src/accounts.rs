@@ -242,15 +242,7 @@ pub async fn logout(
         ));
     };
     state.engine.store().delete_session(&hash_token(id)).await?;
-    audit(
-        &state,
-        &caller.actor(),
-        &caller.address,
-        "logout",
-        "",
-        json!({}),
-    )
-    .await;
+    caller.audit(&state, "logout", "", json!({})).await;
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
         .headers_mut()
@@ -317,15 +309,14 @@ pub async fn change_password(
         .await?
         .ok_or_else(|| ApiError::unauthorized("unknown user"))?;
     if !verify_password_blocking(change.current_password, phc).await? {
-        audit(
-            &state,
-            &caller.actor(),
-            &caller.address,
-            "password_change_failed",
-            &format!("user:{}", user.id),
-            json!({"reason": "wrong_current_password"}),
-        )
-        .await;
+        caller
+            .audit(
+                &state,
+                "password_change_failed",
+                &format!("user:{}", user.id),
+                json!({"reason": "wrong_current_password"}),
+            )
+            .await;
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "wrong_password",
@@ -339,15 +330,14 @@ pub async fn change_password(
     let ended = store
         .delete_user_sessions(&user.id, keep.as_deref())
         .await?;
-    audit(
-        &state,
-        &caller.actor(),
-        &caller.address,
-        "password_changed",
-        &format!("user:{}", user.id),
-        json!({"other_sessions_ended": ended}),
-    )
-    .await;
+    caller
+        .audit(
+            &state,
+            "password_changed",
+            &format!("user:{}", user.id),
+            json!({"other_sessions_ended": ended}),
+        )
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -417,15 +407,14 @@ pub async fn create_user(
         &new.sites,
     )
     .await?;
-    audit(
-        &state,
-        &caller.actor(),
-        &caller.address,
-        "user_created",
-        &format!("user:{}", user.id),
-        json!({"email": user.email, "role": user.role, "sites": user.sites}),
-    )
-    .await;
+    caller
+        .audit(
+            &state,
+            "user_created",
+            &format!("user:{}", user.id),
+            json!({"email": user.email, "role": user.role, "sites": user.sites}),
+        )
+        .await;
     Ok((StatusCode::CREATED, Json(user_json(&user))).into_response())
 }
 
@@ -538,16 +527,15 @@ pub async fn patch_user(
             changed.push(field);
         }
     }
-    audit(
-        &state,
-        &caller.actor(),
-        &caller.address,
-        "user_updated",
-        &format!("user:{}", after.id),
-        json!({"changed": changed, "role": after.role, "sites": after.sites,
+    caller
+        .audit(
+            &state,
+            "user_updated",
+            &format!("user:{}", after.id),
+            json!({"changed": changed, "role": after.role, "sites": after.sites,
                "disabled": after.disabled, "sessions_ended": ended}),
-    )
-    .await;
+        )
+        .await;
     Ok(Json(user_json(&after)))
 }
 
@@ -564,15 +552,14 @@ pub async fn delete_user(
     };
     keep_an_admin(&state, &user, &gone).await?;
     state.engine.store().delete_user(&user.id).await?;
-    audit(
-        &state,
-        &caller.actor(),
-        &caller.address,
-        "user_deleted",
-        &format!("user:{}", user.id),
-        json!({"email": user.email}),
-    )
-    .await;
+    caller
+        .audit(
+            &state,
+            "user_deleted",
+            &format!("user:{}", user.id),
+            json!({"email": user.email}),
+        )
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -589,15 +576,14 @@ pub async fn end_user_sessions(
         .store()
         .delete_user_sessions(&user.id, None)
         .await?;
-    audit(
-        &state,
-        &caller.actor(),
-        &caller.address,
-        "sessions_ended",
-        &format!("user:{}", user.id),
-        json!({"ended": ended}),
-    )
-    .await;
+    caller
+        .audit(
+            &state,
+            "sessions_ended",
+            &format!("user:{}", user.id),
+            json!({"ended": ended}),
+        )
+        .await;
     Ok(Json(json!({"ended": ended})))
 }
 
@@ -680,15 +666,14 @@ pub async fn create_api_token(
         .store()
         .create_api_token(&token, &hash_token(&secret))
         .await?;
-    audit(
-        &state,
-        &caller.actor(),
-        &caller.address,
-        "api_token_created",
-        &format!("token:{}", token.id),
-        json!({"scope": token.scope, "sites": token.sites}),
-    )
-    .await;
+    caller
+        .audit(
+            &state,
+            "api_token_created",
+            &format!("token:{}", token.id),
+            json!({"scope": token.scope, "sites": token.sites}),
+        )
+        .await;
     let mut body = token_json(&token);
     body["token"] = json!(secret);
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -731,15 +716,14 @@ pub async fn delete_api_token(
         return Err(ApiError::not_found(format!("API token {id}")));
     }
     store.delete_api_token(&id).await?;
-    audit(
-        &state,
-        &caller.actor(),
-        &caller.address,
-        "api_token_revoked",
-        &format!("token:{id}"),
-        json!({}),
-    )
-    .await;
+    caller
+        .audit(
+            &state,
+            "api_token_revoked",
+            &format!("token:{id}"),
+            json!({}),
+        )
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 

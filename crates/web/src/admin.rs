@@ -13,7 +13,7 @@ use wattline_domain::time::parse_zone;
 use wattline_domain::{Device, DeviceId, Site, SiteId, TsMs};
 use wattline_storage::IngestToken;
 
-use crate::auth::{audit, hash_token, new_token, Caller};
+use crate::auth::{hash_token, new_token, Caller};
 use crate::error::{ApiError, ApiPath, ApiResult};
 use crate::AppState;
 
@@ -98,15 +98,7 @@ pub async fn create_site(
 async fn audit_site(state: &AppState, caller: &Caller, action: &str, site: &Site) {
     let detail = json!({"name": site.name, "timezone": site.timezone});
     let target = format!("site:{}", site.id);
-    audit(
-        state,
-        &caller.actor(),
-        &caller.address,
-        action,
-        &target,
-        detail,
-    )
-    .await;
+    caller.audit(state, action, &target, detail).await;
 }
 
 fn site_json(site: &Site) -> Value {
@@ -217,15 +209,9 @@ pub async fn create_ingest_token(
         .await?;
     let target = format!("site:{}", token.site);
     let detail = json!({"token": token.id, "name": token.name});
-    audit(
-        &state,
-        &caller.actor(),
-        &caller.address,
-        "ingest_token_created",
-        &target,
-        detail,
-    )
-    .await;
+    caller
+        .audit(&state, "ingest_token_created", &target, detail)
+        .await;
     Ok((
         StatusCode::CREATED,
         Json(
@@ -273,15 +259,9 @@ pub async fn delete_ingest_token(
     }
     let target = format!("site:{site}");
     let detail = json!({"token": id});
-    audit(
-        &state,
-        &caller.actor(),
-        &caller.address,
-        "ingest_token_revoked",
-        &target,
-        detail,
-    )
-    .await;
+    caller
+        .audit(&state, "ingest_token_revoked", &target, detail)
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -372,15 +352,7 @@ fn default_site_for(state: &AppState, caller: &Caller) -> ApiResult<SiteId> {
 pub async fn audit_device(state: &AppState, caller: &Caller, action: &str, device: &Device) {
     let detail = json!({"name": device.name, "site": device.site});
     let target = format!("device:{}", device.id);
-    audit(
-        state,
-        &caller.actor(),
-        &caller.address,
-        action,
-        &target,
-        detail,
-    )
-    .await;
+    caller.audit(state, action, &target, detail).await;
 }
 
 /// Stores a new device with its HTTP token and MQTT credential; the answer shows both secrets

@@ -453,6 +453,17 @@ impl Caller {
     pub fn actor(&self) -> String {
         self.principal.actor()
     }
+
+    /// Records something this caller did in the audit log.
+    pub async fn audit(
+        &self,
+        state: &AppState,
+        action: &str,
+        target: &str,
+        detail: serde_json::Value,
+    ) {
+        audit(state, &self.actor(), &self.address, action, target, detail).await;
+    }
 }
 
 /// Appends an entry to the audit log. A failure to record is logged, not shown to the

@@ -331,15 +331,9 @@ pub async fn reject_pending(
         .await?;
     tracing::info!(identity = %identity, "pending device rejected");
     let target = format!("identity:{identity}");
-    crate::auth::audit(
-        &state,
-        &caller.actor(),
-        &caller.address,
-        "pending_device_rejected",
-        &target,
-        json!({}),
-    )
-    .await;
+    caller
+        .audit(&state, "pending_device_rejected", &target, json!({}))
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 

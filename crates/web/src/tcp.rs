@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::admin::{parse_body, parse_site_id};
-use crate::auth::{audit, Caller};
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiPath, ApiResult};
 use crate::AppState;
 
@@ -31,15 +31,14 @@ pub async fn set_enrollment(
     }
     tracing::info!(site = %site, open, "TCP meter enrollment changed");
     let target = format!("site:{site}");
-    audit(
-        &state,
-        &caller.actor(),
-        &caller.address,
-        "tcp_enrollment_changed",
-        &target,
-        json!({"open": open}),
-    )
-    .await;
+    caller
+        .audit(
+            &state,
+            "tcp_enrollment_changed",
+            &target,
+            json!({"open": open}),
+        )
+        .await;
     Ok(Json(json!({"site": site, "open": open})))
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{FullReply, TestServer, ADMIN};
+use crate::support::{Reply, TestServer, ADMIN};
 
 pub const PASSWORD: &str = "long enough passphrase 42";
 
@@ -456,7 +456,7 @@ fn case(w: &World, method: &str, path: &str, who: Who) -> Option<(Class, Call)> 
     })
 }
 
-fn call(w: &World, method: &str, who: Who, c: &Call) -> FullReply {
+fn call(w: &World, method: &str, who: Who, c: &Call) -> Reply {
     let session = match who {
         Who::Anonymous => None,
         _ if c.own_session => Some(super::authz::login(&w.s, &w.emails[&who], PASSWORD)),
@@ -465,7 +465,7 @@ fn call(w: &World, method: &str, who: Who, c: &Call) -> FullReply {
     let headers = session.as_ref().map(Session::headers).unwrap_or_default();
     if c.stream {
         let status = w.s.open_stream(&c.path, &headers).status;
-        return FullReply {
+        return Reply {
             status,
             body: String::new(),
             headers: Vec::new(),

@@ -98,26 +98,6 @@ pub struct Reply {
     pub headers: Vec<(String, String)>,
 }
 
-/// A reply with its headers, for tests that look at cookies and security headers.
-pub struct FullReply {
-    pub status: u16,
-    pub body: String,
-    pub headers: Vec<(String, String)>,
-}
-
-impl FullReply {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-}
-
 impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -408,7 +388,7 @@ impl TestServer {
         path: &str,
         headers: &[(&str, &str)],
         body: Option<(&str, Vec<u8>)>,
-    ) -> FullReply {
+    ) -> Reply {
         let builder = request_builder(method, format!("{}{path}", self.base));
         let mut builder = builder;
         for (k, v) in headers {
@@ -424,14 +404,10 @@ impl TestServer {
             .agent
             .run(request)
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
-            .collect();
+        let headers = header_list(resp.headers());
         let status = resp.status().as_u16();
         let body = resp.body_mut().read_to_string().unwrap_or_default();
-        FullReply {
+        Reply {
             status,
             body,
             headers,
