@@ -100,7 +100,9 @@ pub mod mqtt;
 pub mod tcp_meter;
 
 pub use json::parse_json_readings;
-pub use lp::{count_lines, parse_line_protocol, parse_line_protocol_into, Precision};
+pub use lp::{
+    count_lines, parse_line_protocol, parse_line_protocol_into, readings_capacity, Precision,
+};
 
 /// The stable machine codes of [`LineError::code`]. API clients and metrics match on these.
 pub mod codes {

@@ -72,15 +72,15 @@ pub fn parse_line_protocol(
 ) -> LpOutcome {
     let mut out = LpOutcome::default();
     // Sized once: growing it line by line copied every reading about twice.
-    out.readings.reserve_exact(count_lines(body));
+    out.readings.reserve_exact(readings_capacity(body));
     parse_line_protocol_into(body, precision, now, limits, &mut out);
     out
 }
 
 /// [`parse_line_protocol`] adding to `out`: its readings, errors, unknown fields and line
 /// count. Line numbers in errors count from 1 within `body`. A caller that parses a body in
-/// parts can reserve `out.readings` for all of them ([`count_lines`]), so that no reading is
-/// copied to a larger vector.
+/// parts can reserve `out.readings` for all of them ([`readings_capacity`]), so that no
+/// reading is copied to a larger vector.
 pub fn parse_line_protocol_into(
     body: &[u8],
     precision: Precision,
@@ -118,6 +118,16 @@ pub fn parse_line_protocol_into(
             Err(f) => out.errors.push(f.at("line", line_no)),
         }
     }
+}
+
+/// The shortest line that gives a reading: `m,device=a power=1`.
+const MIN_READING_LINE: usize = 18;
+
+/// An upper bound for the readings `body` gives, to size a vector for them: its lines, but
+/// no more than lines of the shortest reading would fill it, so that a body of blank lines
+/// reserves no more than a body of readings would use.
+pub fn readings_capacity(body: &[u8]) -> usize {
+    count_lines(body).min(body.len() / MIN_READING_LINE + 1)
 }
 
 /// How many lines `body` holds: its newlines, plus one for a last line without one. An upper

@@ -853,6 +853,20 @@ fn count_lines_counts_newlines_and_an_unterminated_last_line() {
     assert_eq!(count_lines(&[b'\n'; 17]), 17);
 }
 
+#[test]
+fn readings_capacity_bounds_the_readings_but_not_by_blank_lines() {
+    let shortest = b"m,device=a power=1";
+    assert_eq!(shortest.len(), MIN_READING_LINE);
+    let one = parse_line_protocol(shortest, Precision::S, NOW, &Limits::default());
+    assert_eq!(one.readings.len(), 1, "{:?}", one.errors);
+    let body = [&shortest[..]; 1000].join(&b'\n');
+    let out = parse_line_protocol(&body, Precision::S, NOW, &Limits::default());
+    assert_eq!(out.readings.len(), 1000);
+    assert!(readings_capacity(&body) >= 1000);
+    assert!(readings_capacity(&vec![b'\n'; 1 << 20]) <= (1 << 20) / MIN_READING_LINE + 1);
+    assert_eq!(readings_capacity(b""), 0);
+}
+
 proptest! {
     #[test]
     fn count_lines_agrees_with_a_byte_count(body in proptest::collection::vec(
@@ -875,12 +889,11 @@ proptest! {
         let limits = Limits::default();
         let alone = parse_line_protocol(body.as_bytes(), Precision::S, NOW, &limits);
         let mut shared = LpOutcome::default();
-        shared.readings.reserve_exact(count_lines(body.as_bytes()));
+        shared.readings.reserve_exact(readings_capacity(body.as_bytes()));
         parse_line_protocol_into(body.as_bytes(), Precision::S, NOW, &limits, &mut shared);
         prop_assert_eq!(&alone.readings, &shared.readings);
         prop_assert_eq!(alone.errors.len(), shared.errors.len());
         prop_assert_eq!(alone.lines, shared.lines);
-        prop_assert!(shared.readings.capacity() >= count_lines(body.as_bytes()));
-        prop_assert!(alone.readings.len() <= count_lines(body.as_bytes()));
+        prop_assert!(alone.readings.len() <= readings_capacity(body.as_bytes()));
     }
 }

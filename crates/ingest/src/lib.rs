@@ -110,8 +110,6 @@ struct SeriesLive {
     folded_upto: Option<TsMs>,
     /// Newest timestamp seen; readings older than it by the reorder window are folded.
     max_ts: Option<TsMs>,
-    /// The series' zone and the registry generation it was looked up at.
-    zone: Option<(u64, jiff::tz::TimeZone)>,
 }
 
 /// A series holding more unfolded readings than this folds the oldest regardless (a meter
@@ -156,18 +154,12 @@ impl SeriesLive {
     }
 
     /// Folds the oldest `n` unfolded readings into `pending`; returns counter events seen.
-    fn fold(
-        &mut self,
-        n: usize,
-        pending: &mut SeriesPending,
-        tz: &jiff::tz::TimeZone,
-        cfg: &EnergyConfig,
-    ) -> u64 {
+    fn fold(&mut self, n: usize, pending: &mut SeriesPending, cfg: &EnergyConfig) -> u64 {
         let mut events = 0;
         for p in self.unfolded.drain(..n) {
             let d = self.energy.observe(p.ts, &p.values, cfg);
             events += u64::from(d.counter_event.is_some());
-            pending.add(&p, &d, tz);
+            pending.add(&p, &d);
             self.folded_upto = Some(p.ts);
         }
         events
@@ -397,11 +389,13 @@ impl Engine {
         };
         let mut overlay = pending.unwrap_or_default();
         if let Some(mut l) = unfolded {
-            let tz = self.shared.registry.series_zone(series);
             let n = l.unfolded.len();
-            l.fold(n, &mut overlay, &tz, &self.shared.config.energy);
+            l.fold(n, &mut overlay, &self.shared.config.energy);
         }
-        overlay.overlay(tier, series, from, to, &mut rows);
+        if !overlay.minutes.is_empty() {
+            let tz = self.shared.registry.series_zone(series);
+            overlay.overlay(tier, series, from, to, &tz, &mut rows);
+        }
         Ok(rows)
     }
 
@@ -469,11 +463,10 @@ async fn replay_series(
     if points.is_empty() {
         return Ok((state, 0));
     }
-    let tz = shared.registry.series_zone(series);
     let mut sp = SeriesPending::default();
     for p in &points {
         let d = state.observe(p.ts, &p.values, &shared.config.energy);
-        sp.add(p, &d, &tz);
+        sp.add(p, &d);
     }
     shared
         .pending
@@ -509,7 +502,8 @@ async fn flush_rollups(shared: &Shared) -> Result<(), EngineError> {
     if taken.is_empty() {
         return Ok(());
     }
-    match shared.store.write_rollups(&taken.to_write()).await {
+    let write = taken.to_write(|series| shared.registry.series_zone(series));
+    match shared.store.write_rollups(&write).await {
         Ok(()) => {
             shared.metrics.rollup_flushes.fetch_add(1, Relaxed);
             Ok(())
@@ -792,7 +786,6 @@ fn fold_due(shared: &Shared, series: &[SeriesId]) {
     }
     let cfg = shared.config.energy;
     let window_ms = shared.config.reorder_window.as_millis() as i64;
-    let generation = shared.registry.generation();
     let mut events = 0;
     {
         let mut live = shared.live.lock().expect("live poisoned");
@@ -803,16 +796,7 @@ fn fold_due(shared: &Shared, series: &[SeriesId]) {
             if due == 0 {
                 continue;
             }
-            // The zone changes only with the registry: look it up once per change.
-            let tz = match &l.zone {
-                Some((g, tz)) if *g == generation => tz.clone(),
-                _ => {
-                    let tz = shared.registry.series_zone(*s);
-                    l.zone = Some((generation, tz.clone()));
-                    tz
-                }
-            };
-            events += l.fold(due, pending.series.entry(*s).or_default(), &tz, &cfg);
+            events += l.fold(due, pending.series.entry(*s).or_default(), &cfg);
         }
     }
     shared.metrics.counter_events.fetch_add(events, Relaxed);
@@ -826,8 +810,7 @@ fn fold_all(shared: &Shared) {
     for (series, l) in live.iter_mut() {
         let n = l.due(0, true);
         if n > 0 {
-            let tz = shared.registry.series_zone(*series);
-            l.fold(n, pending.series.entry(*series).or_default(), &tz, &cfg);
+            l.fold(n, pending.series.entry(*series).or_default(), &cfg);
         }
     }
 }

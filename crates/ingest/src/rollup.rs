@@ -71,60 +71,55 @@ impl Buckets {
     }
 }
 
-/// A series' pending buckets per tier, and the newest reading they include.
+/// A series' pending minute buckets, and the newest reading they include.
+///
+/// Only minutes are kept: a reading is added to one bucket, not three. Hours and days are
+/// merged from the minutes when they are needed (a flush, a query), the way a repair
+/// rebuilds them from stored minutes. (Every zone since 1972 has whole-minute offsets, so
+/// a UTC minute lies in one local hour and day.)
 #[derive(Debug, Default, Clone)]
 pub struct SeriesPending {
-    pub tiers: [Buckets; 3],
+    pub minutes: Buckets,
     pub max_ts: Option<TsMs>,
-    /// The last hour and day bucket seen, so most readings skip the time-zone arithmetic.
-    hour: Option<(TsMs, TsMs)>,
-    day: Option<(TsMs, TsMs)>,
-}
-
-fn tier_index(tier: BucketTier) -> usize {
-    match tier {
-        BucketTier::Minute => 0,
-        BucketTier::Hour => 1,
-        BucketTier::Day => 2,
-        BucketTier::Raw => unreachable!("raw is not a rollup tier"),
-    }
-}
-
-fn cached_bucket(
-    cache: &mut Option<(TsMs, TsMs)>,
-    tier: BucketTier,
-    ts: TsMs,
-    tz: &TimeZone,
-) -> TsMs {
-    match *cache {
-        Some((start, end)) if ts >= start && ts < end => start,
-        _ => {
-            let b = tier.bucket(ts, tz);
-            *cache = Some(b);
-            b.0
-        }
-    }
 }
 
 impl SeriesPending {
-    pub fn add(&mut self, point: &Point, energy: &EnergyDelta, tz: &TimeZone) {
+    pub fn add(&mut self, point: &Point, energy: &EnergyDelta) {
         let ts = point.ts;
-        let minute = ts.minute_start();
-        let hour = cached_bucket(&mut self.hour, BucketTier::Hour, ts, tz);
-        let day = cached_bucket(&mut self.day, BucketTier::Day, ts, tz);
-        for (tier, bucket) in self.tiers.iter_mut().zip([minute, hour, day]) {
-            tier.entry(bucket).add(ts, &point.values, energy);
-        }
+        self.minutes
+            .entry(ts.minute_start())
+            .add(ts, &point.values, energy);
         self.max_ts = self.max_ts.max(Some(ts));
     }
 
     pub fn merge(&mut self, other: SeriesPending) {
-        for (mine, theirs) in self.tiers.iter_mut().zip(other.tiers) {
-            for (bucket, agg) in theirs.iter() {
-                mine.entry(*bucket).merge(agg);
-            }
+        for (bucket, agg) in other.minutes.iter() {
+            self.minutes.entry(*bucket).merge(agg);
         }
         self.max_ts = self.max_ts.max(other.max_ts);
+    }
+
+    /// The pending buckets of a rollup tier: the minutes, or the hours or days of `tz` that
+    /// they fall in, each merged from its minutes in order.
+    pub fn tier(&self, tier: BucketTier, tz: &TimeZone) -> Buckets {
+        if tier == BucketTier::Minute {
+            return self.minutes.clone();
+        }
+        let mut out = Buckets::default();
+        // Minutes ascend, so one bucket computation serves every minute it spans.
+        let mut current: Option<(TsMs, TsMs)> = None;
+        for (minute, agg) in self.minutes.iter() {
+            let start = match current {
+                Some((start, end)) if *minute >= start && *minute < end => start,
+                _ => {
+                    let b = tier.bucket(*minute, tz);
+                    current = Some(b);
+                    b.0
+                }
+            };
+            out.entry(start).merge(agg);
+        }
+        out
     }
 }
 
@@ -145,19 +140,17 @@ impl Pending {
         }
     }
 
-    /// The storage write that makes these rollups durable, with each series' watermark.
-    pub fn to_write(&self) -> RollupWrite {
+    /// The storage write that makes these rollups durable, with each series' watermark;
+    /// `zone` gives a series' time zone, for its hours and days.
+    pub fn to_write(&self, zone: impl Fn(SeriesId) -> TimeZone) -> RollupWrite {
         let mut w = RollupWrite::default();
-        let rows = self
-            .series
-            .values()
-            .map(|p| p.tiers.iter().map(Buckets::len).sum::<usize>())
-            .sum();
-        w.merge.reserve_exact(rows);
+        let minutes: usize = self.series.values().map(|p| p.minutes.len()).sum();
+        w.merge.reserve(minutes + 2 * self.series.len());
         w.watermarks.reserve_exact(self.series.len());
         for (series, p) in &self.series {
-            for (i, tier) in BucketTier::ROLLUPS.into_iter().enumerate() {
-                for (bucket, agg) in p.tiers[i].iter() {
+            let tz = zone(*series);
+            for tier in BucketTier::ROLLUPS {
+                for (bucket, agg) in p.tier(tier, &tz).iter() {
                     w.merge.push((
                         tier,
                         RollupRow {
@@ -177,16 +170,20 @@ impl Pending {
 }
 
 impl SeriesPending {
-    /// Lays these buckets in `[from, to)` over rows read from storage.
+    /// Lays these buckets (of zone `tz`) in `[from, to)` over rows read from storage.
     pub fn overlay(
         &self,
         tier: BucketTier,
         series: SeriesId,
         from: TsMs,
         to: TsMs,
+        tz: &TimeZone,
         rows: &mut Vec<RollupRow>,
     ) {
-        let pending = &self.tiers[tier_index(tier)];
+        if self.minutes.is_empty() {
+            return;
+        }
+        let pending = self.tier(tier, tz);
         if pending.range(from, to).next().is_none() {
             return;
         }
@@ -240,16 +237,53 @@ mod tests {
                 ts: TsMs(t0.0 + i * 1000),
                 values: Values::new().with(Quantity::Power, 100.0),
             };
-            p.add(&pt, &EnergyDelta::default(), &tz);
+            p.add(&pt, &EnergyDelta::default());
         }
-        assert_eq!(p.tiers[0].len(), 2, "two minutes");
-        assert_eq!(p.tiers[1].keys().next(), Some(&t0), "local hour 18:00");
-        let day = *p.tiers[2].keys().next().unwrap();
+        assert_eq!(p.minutes.len(), 2, "two minutes");
+        let hours = p.tier(BucketTier::Hour, &tz);
         assert_eq!(
-            day,
-            TsMs(t0.0 - 18 * TsMs::HOUR),
+            hours.keys().copied().collect::<Vec<_>>(),
+            vec![t0],
+            "local hour 18:00"
+        );
+        let days = p.tier(BucketTier::Day, &tz);
+        assert_eq!(
+            days.keys().copied().collect::<Vec<_>>(),
+            vec![TsMs(t0.0 - 18 * TsMs::HOUR)],
             "local midnight is 23:00 UTC"
         );
+        for tier in [&hours, &days] {
+            let (_, agg) = tier.iter().next().unwrap();
+            assert_eq!(agg.stat(Quantity::Power).n, 120);
+            assert_eq!(agg.stat(Quantity::Power).sum, 12_000.0);
+            assert_eq!(agg.last_ts, TsMs(t0.0 + 119_000));
+        }
+        assert_eq!(p.tier(BucketTier::Minute, &tz).len(), 2);
+
+        // Minutes on both sides of a local midnight and an hour boundary land in two days
+        // and two hours; the write has every tier and the watermark.
+        let mut q = SeriesPending::default();
+        let midnight = TsMs(t0.0 + 6 * TsMs::HOUR); // 23:00 UTC = local midnight
+        for ts in [
+            midnight.0 - 60_000,
+            midnight.0 - 1,
+            midnight.0,
+            midnight.0 + 61_000,
+        ] {
+            let pt = Point {
+                ts: TsMs(ts),
+                values: Values::new().with(Quantity::Power, 1.0),
+            };
+            q.add(&pt, &EnergyDelta::default());
+        }
+        assert_eq!(q.minutes.len(), 3);
+        assert_eq!(q.tier(BucketTier::Hour, &tz).len(), 2);
+        assert_eq!(q.tier(BucketTier::Day, &tz).len(), 2);
+        let mut both = Pending::default();
+        both.series.insert(SeriesId(9), q);
+        let w = both.to_write(|_| tz.clone());
+        assert_eq!(w.merge.len(), 3 + 2 + 2);
+        assert_eq!(w.watermarks, vec![(SeriesId(9), TsMs(midnight.0 + 61_000))]);
 
         let series = SeriesId(1);
         let mut pending = Pending::default();
@@ -270,6 +304,7 @@ mod tests {
             series,
             t0,
             TsMs(t0.0 + TsMs::HOUR),
+            &tz,
             &mut rows,
         );
         assert_eq!(rows.len(), 1);

@@ -310,7 +310,27 @@ fn scaled(v: f64, k: usize) -> Option<i64> {
 
 /// The smallest scale at which `v` is decimal.
 fn min_scale(v: f64) -> Option<usize> {
-    (0..=MAX_SCALE).find(|&k| scaled(v, k).is_some())
+    (0..=MAX_SCALE).find(|&k| near_integer(v * POW10[k]) && scaled(v, k).is_some())
+}
+
+/// False when `x` (= `v` × 10^k, rounded) is clearly no integer, so that [`scaled`] must
+/// fail: the cheap test that spares `min_scale` a rounding and a division for every scale
+/// below a value's own (six of them for a meter's kWh counter).
+///
+/// If `scaled` succeeds with `i = round(x)`, then `i / 10^k` rounds to `v`, so `x` lies within
+/// about two units of roundoff (2 × 2⁻⁵³ relative) of `i`; this accepts anything within 2⁻⁵⁰
+/// relative of the nearest integer. Adding and subtracting 1.5 × 2⁵² rounds to the nearest
+/// integer (ties to even, which is as near) exactly while |x| < 2⁵¹; beyond that, and for
+/// NaN and infinities, it accepts and leaves the decision to `scaled`.
+#[inline]
+fn near_integer(x: f64) -> bool {
+    const ROUNDER: f64 = 6_755_399_441_055_744.0; // 1.5 × 2^52
+    const LIMIT: f64 = 2_251_799_813_685_248.0; // 2^51
+    if x.is_nan() || x.abs() >= LIMIT {
+        return true;
+    }
+    let nearest = (x + ROUNDER) - ROUNDER;
+    (x - nearest).abs() <= x.abs() * (1.0 / 1_125_899_906_842_624.0) // 2^-50
 }
 
 /// The decimal encoding of a column and its number of exceptions, unless more than half the
@@ -1717,6 +1737,76 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("too large"));
+    }
+
+    /// `min_scale` before `near_integer`: the reference it must agree with.
+    fn min_scale_by_division(v: f64) -> Option<usize> {
+        (0..=MAX_SCALE).find(|&k| scaled(v, k).is_some())
+    }
+
+    #[test]
+    fn min_scale_agrees_with_trying_every_scale_on_edge_values() {
+        let mut values = vec![
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            1.5,
+            2.5,
+            0.1,
+            0.3,
+            1e-9,
+            1.5e-9,
+            1e-10,
+            123_456.789_012_345,
+            27_021.316_546,
+            -224.36,
+            f64::MIN_POSITIVE,
+            5e-324,
+            -5e-324,
+            f64::MAX,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            2_251_799_813_685_247.5,
+            2_251_799_813_685_248.0,
+            4_503_599_627_370_495.5,
+            9_007_199_254_740_991.0,
+            9_007_199_254_740_992.0,
+        ];
+        for e in 0..=60 {
+            let p = 2f64.powi(e);
+            values.extend([p, p + 0.5, p - 0.5, p * 1.1, p / 3.0, -(p + 0.25)]);
+        }
+        for p in POW10 {
+            for m in [1i64, 7, 12_345, 999_999_999, 4_503_599_627_370_495] {
+                values.push(m as f64 / p);
+                values.push(-(m as f64) / p);
+            }
+        }
+        for v in values {
+            assert_eq!(
+                min_scale(v),
+                min_scale_by_division(v),
+                "{v:e} ({:#x})",
+                v.to_bits()
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn min_scale_agrees_with_trying_every_scale(bits in any::<u64>(),
+                                                     m in any::<i64>(),
+                                                     k in 0usize..=12,
+                                                     nudge in -3i64..=3) {
+            let v = f64::from_bits(bits);
+            prop_assert_eq!(min_scale(v), min_scale_by_division(v));
+            // Decimals, and their neighbours a few units of roundoff away.
+            let d = (m >> (m.unsigned_abs() % 60)) as f64 / 10f64.powi(k as i32);
+            let d = f64::from_bits(d.to_bits().wrapping_add_signed(nudge));
+            prop_assert_eq!(min_scale(d), min_scale_by_division(d), "{:e}", d);
+        }
     }
 
     #[test]

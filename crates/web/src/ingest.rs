@@ -18,8 +18,8 @@ use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
 use wattline_decode::{
-    count_lines, parse_json_readings, parse_line_protocol, parse_line_protocol_into, LineError,
-    Outcome, Precision,
+    count_lines, parse_json_readings, parse_line_protocol, parse_line_protocol_into,
+    readings_capacity, LineError, Outcome, Precision,
 };
 
 use wattline_domain::{Limits, TsMs};
@@ -262,18 +262,19 @@ async fn parse_lp_parallel(
     };
     let (head, tail) = (body.slice(..split), body.slice(split..));
     // The head ends with a newline, so this is the number of its lines.
-    let (head_lines, tail_lines) = (count_lines(&head), count_lines(&tail));
+    let head_lines = count_lines(&head);
+    let (head_room, tail_room) = (readings_capacity(&head), readings_capacity(&tail));
     let tail_limits = limits.clone();
     let second = tokio::task::spawn_blocking(move || {
         let mut out = Outcome::default();
-        out.readings.reserve_exact(tail_lines);
+        out.readings.reserve_exact(tail_room);
         parse_line_protocol_into(&tail, precision, now, &tail_limits, &mut out);
         out
     });
     let first = tokio::task::spawn_blocking(move || {
         // Room for both halves, so that appending the second copies only its readings.
         let mut out = Outcome::default();
-        out.readings.reserve_exact(head_lines + tail_lines);
+        out.readings.reserve_exact(head_room + tail_room);
         parse_line_protocol_into(&head, precision, now, &limits, &mut out);
         out
     });
