@@ -154,3 +154,42 @@ export function live(
   if (onLagged) es.addEventListener("lagged", onLagged);
   return () => es.close();
 }
+
+/** A device's power now, as the site summary and `latest=1` streams count it. */
+export interface DeviceNow {
+  id: string;
+  name: string;
+  power_w: number | null;
+  last_seen: string | null;
+  online: boolean;
+}
+
+export interface SiteSummary {
+  site: string;
+  name: string;
+  timezone: string;
+  now: number;
+  power_w: number;
+  devices: number;
+  online: number;
+  energy_today_kwh: number;
+  energy_month_kwh: number;
+  history: { t: number[]; power_w: number[] };
+  top: DeviceNow[];
+  offline_count: number;
+  offline: DeviceNow[];
+}
+
+export interface LatestPower {
+  device: string;
+  ts: number | null;
+  power_w: number | null;
+}
+
+/** Subscribes to a site's devices' power, sent once a second for those that changed. */
+export function livePower(site: string, onRows: (rows: LatestPower[]) => void, onLagged?: () => void): () => void {
+  const es = new EventSource(`/api/v1/live?${qs({ site, latest: 1 })}`);
+  es.addEventListener("latest", (e) => onRows(JSON.parse((e as MessageEvent).data)));
+  if (onLagged) es.addEventListener("lagged", onLagged);
+  return () => es.close();
+}

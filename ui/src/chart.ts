@@ -18,7 +18,12 @@ export function lineChart(
   el: HTMLElement,
   labels: string[],
   data: uPlot.AlignedData,
-  opts: { unit?: string; onZoom?: (min: number, max: number) => void; bars?: boolean } = {},
+  opts: {
+    unit?: string;
+    /** Called with the new visible range (ms) when the user zooms or pans. */
+    onRange?: (min: number, max: number) => void;
+    bars?: boolean;
+  } = {},
 ): LineChart {
   const series: uPlot.Series[] = [
     {},
@@ -40,9 +45,9 @@ export function lineChart(
       series,
       scales: { x: { time: true } },
       axes: [{}, { size: 60, values: (_u, vals) => vals.map((v) => (v === null ? "" : compact(v))) }],
-      cursor: { drag: { x: !!opts.onZoom, y: false } },
+      cursor: { drag: { x: !!opts.onRange, y: false } },
       legend: { live: true },
-      hooks: opts.onZoom
+      hooks: opts.onRange
         ? {
             setSelect: [
               (u) => {
@@ -50,7 +55,7 @@ export function lineChart(
                 const min = u.posToVal(u.select.left, "x");
                 const max = u.posToVal(u.select.left + u.select.width, "x");
                 u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
-                opts.onZoom!(min * 1000, max * 1000);
+                opts.onRange!(min * 1000, max * 1000);
               },
             ],
           }
@@ -61,12 +66,103 @@ export function lineChart(
   );
   const ro = new ResizeObserver(() => plot.setSize({ width: width(el), height: plot.height }));
   ro.observe(el);
+  const unbind = opts.onRange ? gestures(plot, opts.onRange) : () => undefined;
   return {
     plot,
     destroy() {
+      unbind();
       ro.disconnect();
       plot.destroy();
     },
+  };
+}
+
+/**
+ * Panning and pinching: Shift + drag with a mouse, one finger across the chart or two fingers
+ * apart and together on a touch screen. The chart moves while the gesture lasts; `onRange` is
+ * called once when it ends, so the page fetches the tier that fits the new range only then.
+ * Vertical finger moves still scroll the page (`touch-action: pan-y`).
+ */
+function gestures(u: uPlot, onRange: (min: number, max: number) => void): () => void {
+  const over = u.over;
+  over.style.touchAction = "pan-y";
+  const pointers = new Map<number, number>();
+  let start: { min: number; max: number; xs: number[] } | null = null;
+  /** Whether this gesture (first finger down to last finger up) moved the chart. */
+  let moved = false;
+
+  const xs = () => [...pointers.values()];
+  const begin = () => {
+    const { min, max } = u.scales.x;
+    start = min === undefined || max === undefined ? null : { min, max, xs: xs() };
+  };
+  const rangeNow = (): [number, number] | null => {
+    if (!start) return null;
+    const px = over.clientWidth || 1;
+    const span = start.max - start.min;
+    const now = xs();
+    if (now.length >= 2 && start.xs.length >= 2) {
+      // Keep the value under the fingers' midpoint where it was, scaled by their spread.
+      const d0 = Math.max(10, Math.abs(start.xs[1] - start.xs[0]));
+      const d1 = Math.max(10, Math.abs(now[1] - now[0]));
+      const mid0 = (start.xs[0] + start.xs[1]) / 2;
+      const mid1 = (now[0] + now[1]) / 2;
+      const newSpan = (span * d0) / d1;
+      const anchor = start.min + (mid0 / px) * span;
+      const min = anchor - (mid1 / px) * newSpan;
+      return [min, min + newSpan];
+    }
+    if (now.length === 1 && start.xs.length === 1) {
+      const shift = ((now[0] - start.xs[0]) / px) * span;
+      return [start.min - shift, start.max - shift];
+    }
+    return null;
+  };
+  const local = (e: PointerEvent) => e.clientX - over.getBoundingClientRect().left;
+
+  const down = (e: PointerEvent) => {
+    const touch = e.pointerType === "touch";
+    if (!touch && !(e.pointerType === "mouse" && e.shiftKey && e.button === 0)) return;
+    // uPlot would start a zoom selection on this press.
+    e.stopPropagation();
+    e.preventDefault();
+    over.setPointerCapture(e.pointerId);
+    pointers.set(e.pointerId, local(e));
+    if (pointers.size === 1) moved = false;
+    begin();
+  };
+  const move = (e: PointerEvent) => {
+    if (!pointers.has(e.pointerId)) return;
+    pointers.set(e.pointerId, local(e));
+    const r = rangeNow();
+    if (r && (r[0] !== start?.min || r[1] !== start?.max)) {
+      moved = true;
+      u.setScale("x", { min: r[0], max: r[1] });
+    }
+  };
+  const up = (e: PointerEvent) => {
+    if (!pointers.has(e.pointerId)) return;
+    pointers.delete(e.pointerId);
+    // A finger left on the screen goes on panning from where the chart is now.
+    if (pointers.size > 0) {
+      begin();
+      return;
+    }
+    start = null;
+    const { min, max } = u.scales.x;
+    if (moved && min !== undefined && max !== undefined) onRange(min * 1000, max * 1000);
+    moved = false;
+  };
+  // Capture on the root, before uPlot's own listeners on the plotting area see the press.
+  u.root.addEventListener("pointerdown", down, true);
+  over.addEventListener("pointermove", move);
+  over.addEventListener("pointerup", up);
+  over.addEventListener("pointercancel", up);
+  return () => {
+    u.root.removeEventListener("pointerdown", down, true);
+    over.removeEventListener("pointermove", move);
+    over.removeEventListener("pointerup", up);
+    over.removeEventListener("pointercancel", up);
   };
 }
 

@@ -7,6 +7,7 @@ import { devicesPage } from "./pages/devices";
 import { devicePage } from "./pages/device";
 import { accountPage } from "./pages/account";
 import { adminPage } from "./pages/admin";
+import { meterPage } from "./pages/meter";
 
 // Each page returns a cleanup (closing live streams, destroying charts) run on navigation.
 export type Cleanup = () => void;
@@ -72,6 +73,7 @@ async function route(): Promise<void> {
     if (parts.length === 0) cleanup = await overviewPage(app, params);
     else if (parts[0] === "devices") cleanup = await devicesPage(app, params);
     else if (parts[0] === "device" && parts[1]) cleanup = await devicePage(app, parts[1], params);
+    else if (parts[0] === "meter" && parts[1]) cleanup = await meterPage(app, parts[1], params);
     else if (parts[0] === "account") cleanup = accountPage(app);
     else if (parts[0] === "admin") cleanup = await adminPage(app);
     else clear(app, h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/" }, "Overview")));

@@ -445,7 +445,7 @@ impl Hub {
                 match decode_gateway(&m.topic, &m.payload, now, &conn.decoder.limits) {
                     Ok((rs, rejected)) => {
                         for e in &rejected {
-                            self.reject(e.code, &e.message);
+                            self.reject(who, e.code, &e.message);
                         }
                         let before = readings.len();
                         for r in rs {
@@ -453,6 +453,7 @@ impl Hub {
                                 Some(site) if who.may_write(&r.device, &site) => readings.push(r),
                                 Some(_) => self.forbidden(who, &m.topic, &r.device),
                                 None => self.reject(
+                                    who,
                                     "unknown_device",
                                     &format!(
                                         "{}: device {:?} is not registered",
@@ -468,7 +469,7 @@ impl Hub {
                         }
                     }
                     Err(e) => {
-                        self.reject(e.code, &e.message);
+                        self.reject(who, e.code, &e.message);
                         verdicts[i] = Err(AckRefusal::PayloadInvalid);
                     }
                 }
@@ -484,7 +485,7 @@ impl Hub {
             };
             match decoded {
                 Err(e) => {
-                    self.reject(e.code, &e.message);
+                    self.reject(who, e.code, &e.message);
                     verdicts[i] = Err(AckRefusal::PayloadInvalid);
                 }
                 Ok(Decoded::Readings {
@@ -493,11 +494,12 @@ impl Hub {
                     rejected,
                 }) => {
                     for e in &rejected {
-                        self.reject(e.code, &e.message);
+                        self.reject(who, e.code, &e.message);
                     }
                     let Some(device) = self.resolve(&identity) else {
                         if identity.format == Format::Native {
                             self.reject(
+                                who,
                                 "unknown_device",
                                 &format!("{}: device {:?} is not registered", m.topic, identity.id),
                             );
@@ -557,8 +559,11 @@ impl Hub {
         verdicts
     }
 
-    fn reject(&self, code: &'static str, message: &str) {
+    fn reject(&self, who: &Principal, code: &'static str, message: &str) {
         self.stats.rejected_payloads.fetch_add(1, Relaxed);
+        self.engine
+            .rejections()
+            .note("mqtt", &who.actor(), [(code, message)]);
         *self.rejected_codes.lock().unwrap().entry(code).or_default() += 1;
         self.engine.metrics().reject(code, 1);
         tracing::warn!(code, reason = message, "mqtt: message refused");

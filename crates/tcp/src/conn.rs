@@ -287,6 +287,16 @@ fn refuse(shared: &Shared, state: &mut ConnState, e: &TcpMeterError) -> Answer {
     };
     if first {
         tracing::warn!(peer = %state.peer, code = e.code, id = e.id.as_deref().unwrap_or(""), reason = %e.message, "tcp: message refused");
+        // The same throttle as the log: a meter repeating an unknown id every second would
+        // otherwise push every other rejection out of the dashboard's list.
+        let actor = match e.id.as_deref() {
+            Some(id) => format!("meter {id} at {}", state.peer),
+            None => state.peer.to_string(),
+        };
+        shared
+            .engine
+            .rejections()
+            .note("tcp", &actor, [(e.code, e.message.as_str())]);
     }
     Answer::Ready(error_answer(e.code, &e.message, e.id.as_deref()))
 }

@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod query;
 pub mod ratelimit;
 pub mod security;
+pub mod summary;
 pub mod tcp;
 pub mod throttle;
 pub mod tls;
@@ -131,6 +132,7 @@ pub fn routes() -> Vec<Route> {
         route(M::GET, "/api/v1/sites/{id}", admin::get_site),
         route(M::PATCH, "/api/v1/sites/{id}", admin::patch_site),
         route(M::DELETE, "/api/v1/sites/{id}", admin::delete_site),
+        route(M::GET, "/api/v1/sites/{id}/summary", summary::site_summary),
         route(
             M::GET,
             "/api/v1/sites/{id}/tcp-enrollment",

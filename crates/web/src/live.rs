@@ -16,11 +16,12 @@ use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use serde_json::{json, Map, Value};
 use tokio::sync::broadcast::error::RecvError;
-use wattline_domain::{DeviceId, Principal, Reading, SiteId};
+use wattline_domain::{DeviceId, Principal, Quantity, Reading, SiteId};
 use wattline_ingest::{LiveBatch, Registry};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
+use crate::summary::whole_device_series;
 use crate::AppState;
 
 /// Proxies and browsers drop connections that stay silent; a comment this often keeps the
@@ -31,6 +32,10 @@ const MAX_DEVICES: usize = 1000;
 /// How often an open stream checks that its caller may still read what it shows: a logout,
 /// a disabled account, a revoked token or a changed site assignment ends it within this.
 const RECHECK: Duration = Duration::from_secs(10);
+
+/// How often a `latest=1` stream sends what changed: an overview of a thousand meters wants
+/// each meter's power about once a second, not every reading of every meter.
+const LATEST_EVERY: Duration = Duration::from_secs(1);
 
 /// Which readings a stream carries.
 enum Filter {
@@ -78,13 +83,35 @@ fn reading_json(r: &Reading) -> String {
         .to_string()
 }
 
-/// Parses `device=a&device=b`, `device=a,b` and `site=s`.
-fn parse_query(query: Option<&str>) -> ApiResult<(Vec<DeviceId>, Option<SiteId>)> {
+/// What a stream was asked for.
+#[derive(Debug, Default)]
+struct LiveQuery {
+    devices: Vec<DeviceId>,
+    site: Option<SiteId>,
+    /// Send, once a second, the power now of each device that sent something, instead of
+    /// every reading.
+    latest: bool,
+}
+
+/// Parses `device=a&device=b`, `device=a,b`, `site=s` and `latest=1`.
+fn parse_query(query: Option<&str>) -> ApiResult<LiveQuery> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
         .map_err(|e| ApiError::bad_request("bad_query", e.to_string()))?;
-    let (mut devices, mut site) = (Vec::new(), None);
+    let (mut devices, mut site, mut latest) = (Vec::new(), None, false);
     for (k, v) in pairs {
         match k.as_str() {
+            "latest" => {
+                latest = match v.as_str() {
+                    "1" | "true" => true,
+                    "0" | "false" => false,
+                    _ => {
+                        return Err(ApiError::bad_request(
+                            "bad_query",
+                            format!("latest must be 1 or 0, not {v:?}"),
+                        ))
+                    }
+                }
+            }
             "device" => {
                 for id in v.split(',').filter(|s| !s.is_empty()) {
                     devices.push(
@@ -113,7 +140,11 @@ fn parse_query(query: Option<&str>) -> ApiResult<(Vec<DeviceId>, Option<SiteId>)
             format!("at most {MAX_DEVICES} devices per stream; use site= for more"),
         ));
     }
-    Ok((devices, site))
+    Ok(LiveQuery {
+        devices,
+        site,
+        latest,
+    })
 }
 
 /// `GET /api/v1/live`: authorised like the reads it mirrors (a device or site the caller may
@@ -125,12 +156,12 @@ pub async fn live(
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
     caller.require_reader()?;
-    let (devices, site) = parse_query(query.as_deref())?;
-    let filter = if let Some(site) = site {
+    let asked = parse_query(query.as_deref())?;
+    let filter = if let Some(site) = asked.site {
         Filter::Site(caller.readable_site(&state, &site).await?.id)
-    } else if !devices.is_empty() {
+    } else if !asked.devices.is_empty() {
         let mut set = HashSet::new();
-        for d in &devices {
+        for d in &asked.devices {
             set.insert(caller.readable_device(&state, d).await?.id);
         }
         Filter::Devices(set)
@@ -148,7 +179,7 @@ pub async fn live(
         headers,
         query_password: query_password(query.as_deref()),
     };
-    let stream = events(state, rx, filter, credentials);
+    let stream = events(state, rx, filter, credentials, asked.latest);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response())
@@ -175,6 +206,56 @@ struct StreamState {
     filter: Filter,
     credentials: Credentials,
     recheck: tokio::time::Interval,
+    /// `latest=1`: what to send once a second instead of every reading.
+    coalesced: Option<Coalesced>,
+}
+
+struct Coalesced {
+    /// Devices with a new reading since the last send.
+    changed: HashSet<DeviceId>,
+    every: tokio::time::Interval,
+}
+
+impl Coalesced {
+    /// One `latest` event: each changed device's power now (as the site summary counts it)
+    /// and its newest reading's time, or no event when nothing came.
+    fn take(&mut self, state: &AppState) -> Option<Event> {
+        if self.changed.is_empty() {
+            return None;
+        }
+        let engine = &state.engine;
+        let rows: Vec<Value> = self
+            .changed
+            .drain()
+            .map(|device| {
+                let series = whole_device_series(&engine.registry().device_series(&device));
+                let (mut power, mut ts) = (None::<f64>, None);
+                for p in series.iter().filter_map(|s| engine.latest_of(*s)) {
+                    ts = ts.max(Some(p.ts.0));
+                    if let Some(v) = p.values.get(Quantity::Power) {
+                        *power.get_or_insert(0.0) += v;
+                    }
+                }
+                json!({"device": device, "ts": ts, "power_w": power})
+            })
+            .collect();
+        Some(
+            Event::default()
+                .event("latest")
+                .data(Value::Array(rows).to_string()),
+        )
+    }
+}
+
+/// The next `latest` event of a coalescing stream; never, for a stream of every reading.
+async fn next_send(coalesced: &mut Option<Coalesced>, state: &AppState) -> Option<Event> {
+    match coalesced {
+        Some(c) => {
+            c.every.tick().await;
+            c.take(state)
+        }
+        None => std::future::pending().await,
+    }
 }
 
 fn events(
@@ -182,15 +263,25 @@ fn events(
     rx: tokio::sync::broadcast::Receiver<LiveBatch>,
     filter: Filter,
     credentials: Credentials,
+    latest: bool,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let coalesced = latest.then(|| {
+        let mut every = tokio::time::interval(LATEST_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Coalesced {
+            changed: HashSet::new(),
+            every,
+        }
+    });
     let s = StreamState {
         state,
         rx,
         filter,
         credentials,
         recheck,
+        coalesced,
     };
     // Ends when the engine closes the channel (shutdown) or the caller loses access;
     // otherwise lives as long as the client stays connected, which axum notices on the next
@@ -198,16 +289,29 @@ fn events(
     futures::stream::unfold(s, |mut s| async move {
         let events: Vec<Event> = tokio::select! {
             received = s.rx.recv() => match received {
-                Ok(batch) => batch
-                    .iter()
-                    .filter(|r| s.filter.wants(s.state.engine.registry(), r))
-                    .map(|r| Event::default().event("reading").data(reading_json(r)))
-                    .collect(),
+                Ok(batch) => {
+                    let registry = s.state.engine.registry();
+                    let wanted = batch.iter().filter(|r| s.filter.wants(registry, r));
+                    match &mut s.coalesced {
+                        Some(c) => {
+                            for r in wanted {
+                                if !c.changed.contains(&r.device) {
+                                    c.changed.insert(r.device.clone());
+                                }
+                            }
+                            Vec::new()
+                        }
+                        None => wanted
+                            .map(|r| Event::default().event("reading").data(reading_json(r)))
+                            .collect(),
+                    }
+                }
                 Err(RecvError::Lagged(n)) => vec![Event::default()
                     .event("lagged")
                     .data(json!({"missed_commits": n}).to_string())],
                 Err(RecvError::Closed) => return None,
             },
+            event = next_send(&mut s.coalesced, &s.state) => event.into_iter().collect(),
             _ = s.recheck.tick() => {
                 let principal = crate::auth::authenticate(
                     &s.state,
@@ -234,15 +338,18 @@ mod tests {
 
     #[test]
     fn devices_repeat_or_come_as_a_list() {
-        let (d, s) = parse_query(Some("device=a&device=b,c")).unwrap();
-        let ids: Vec<&str> = d.iter().map(|d| d.as_str()).collect();
+        let q = parse_query(Some("device=a&device=b,c")).unwrap();
+        let ids: Vec<&str> = q.devices.iter().map(|d| d.as_str()).collect();
         assert_eq!(ids, ["a", "b", "c"]);
-        assert!(s.is_none());
-        let (d, s) = parse_query(Some("site=home")).unwrap();
-        assert!(d.is_empty());
-        assert_eq!(s.unwrap().as_str(), "home");
+        assert!(q.site.is_none());
+        assert!(!q.latest);
+        let q = parse_query(Some("site=home&latest=1")).unwrap();
+        assert!(q.devices.is_empty());
+        assert_eq!(q.site.unwrap().as_str(), "home");
+        assert!(q.latest);
         assert!(parse_query(Some("site=a&device=b")).is_err());
         assert!(parse_query(Some("device=bad%20id")).is_err());
-        assert!(parse_query(None).unwrap().0.is_empty());
+        assert!(parse_query(Some("latest=yes")).is_err());
+        assert!(parse_query(None).unwrap().devices.is_empty());
     }
 }

@@ -237,6 +237,7 @@ pub fn spec() -> Value {
           "responses": admin_errors(json!({"200": {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}}, "404": err("No such device")}))}}
       }
     });
+    add_site_summary(&mut doc);
     add_tcp(&mut doc, site_id_tcp);
     add_accounts(&mut doc);
     add_live(&mut doc);
@@ -265,20 +266,27 @@ fn add_live(doc: &mut Value) {
           `{\"device\", \"channel\", \"ts\" (unix ms), \"values\": {quantity: number}}`. \
           A comment line keeps the stream open every 15 s. A client that falls too far behind \
           gets an event `lagged` (`{\"missed_commits\": n}`) and should refetch what it shows. \
-          With neither `device` nor `site`, every device the caller may read. The caller's \
-          access is checked again every 10 s; losing it ends the stream.",
+          With neither `device` nor `site`, every device the caller may read. With `latest=1`, \
+          instead of every reading, once a second an event `latest` with data \
+          `[{\"device\", \"ts\", \"power_w\"}]`: the power now of each device that sent \
+          something in that second, counted as the site summary counts it (a dashboard of a \
+          thousand meters). The caller's access is checked again every 10 s; losing it ends \
+          the stream.",
         "parameters": [
             query("device", "Device ids: repeat the parameter or separate with commas",
                 json!({"type": "array", "items": {"type": "string"}, "maxItems": 1000})),
-            query("site", "Every device of this site (not with device)", json!({"type": "string"}))],
+            query("site", "Every device of this site (not with device)", json!({"type": "string"})),
+            query("latest", "1: each changed device's power once a second instead of every reading",
+                json!({"type": "string", "enum": ["0", "1", "true", "false"]}))],
         "responses": admin_errors(json!({
             "200": {"description": "The event stream; it ends when the server shuts down",
                 "content": {"text/event-stream": {"schema": {"type": "string"}}}},
             "404": err("No such device or site"),
             "503": err("The server is shutting down")}))}});
     doc["paths"]["/api/v1/rejected-readings"] = json!({"get": {
-        "summary": "The most recent readings refused on HTTP, newest first (administrators)",
-        "description": "Kept in memory on this node: the last 200, at most 10 from one request.",
+        "summary": "The most recent readings refused over HTTP, MQTT and TCP, newest first (administrators)",
+        "description": "Kept in memory on this node: the last 200, at most 10 from one request. \
+          A TCP meter repeating the same unknown id is listed once per connection.",
         "responses": admin_errors(json!({"200": ok_json("Rejected readings", json!({"type": "object",
             "properties": {"rejected": {"type": "array", "items": {"type": "object", "properties": {
                 "ts": {"type": "string"}, "transport": {"type": "string"}, "actor": {"type": "string"},
@@ -392,6 +400,30 @@ fn add_accounts(doc: &mut Value) {
 
 pub async fn document() -> Json<Value> {
     Json(spec())
+}
+
+/// The overview's summary route and its schemas (apart: one `json!` of the whole document
+/// would pass the macro's recursion limit).
+fn add_site_summary(doc: &mut Value) {
+    let site_id = path_id("id", "Site id");
+    doc["paths"]["/api/v1/sites/{id}/summary"] = json!({
+          "parameters": [site_id],
+          "get": {"summary": "The site now: power, energy today and this month, the last hour per minute, devices ranked, offline devices",
+            "parameters": [query("top", "How many devices to rank (default 50)", json!({"type": "integer", "minimum": 0, "maximum": 10000}))],
+            "responses": admin_errors(json!({"200": ok_json("Summary", json!({"$ref": "#/components/schemas/SiteSummary"})), "404": err("No such site")}))}});
+    doc["components"]["schemas"]["SiteSummary"] = json!({"type": "object", "required": ["site", "name", "timezone", "now", "power_w", "devices", "online",
+              "energy_today_kwh", "energy_month_kwh", "history", "top", "offline_count", "offline"],
+            "properties": {"site": {"type": "string"}, "name": {"type": "string"}, "timezone": {"type": "string"},
+              "now": {"type": "integer"}, "power_w": {"type": "number"}, "devices": {"type": "integer"}, "online": {"type": "integer"},
+              "energy_today_kwh": {"type": "number"}, "energy_month_kwh": {"type": "number"},
+              "history": {"type": "object", "required": ["t", "power_w"], "properties": {
+                "t": {"type": "array", "items": {"type": "integer"}}, "power_w": {"type": "array", "items": {"type": "number"}}}},
+              "top": {"type": "array", "items": {"$ref": "#/components/schemas/DeviceNow"}},
+              "offline_count": {"type": "integer"},
+              "offline": {"type": "array", "items": {"$ref": "#/components/schemas/DeviceNow"}}}});
+    doc["components"]["schemas"]["DeviceNow"] = json!({"type": "object", "required": ["id", "name", "power_w", "last_seen", "online"], "properties": {
+            "id": {"type": "string"}, "name": {"type": "string"}, "power_w": {"type": "number", "nullable": true},
+            "last_seen": {"type": "string", "nullable": true}, "online": {"type": "boolean"}}});
 }
 
 #[cfg(test)]

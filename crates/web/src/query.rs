@@ -483,8 +483,8 @@ pub async fn export(
         .into_response())
 }
 
-/// `GET /api/v1/rejected-readings`: the most recent readings refused on HTTP, newest first
-/// (administrators; kept in memory, per node).
+/// `GET /api/v1/rejected-readings`: the most recent readings refused over HTTP, MQTT and TCP,
+/// newest first (administrators; kept in memory, per node).
 pub async fn rejected_readings(
     State(state): State<AppState>,
     caller: Caller,

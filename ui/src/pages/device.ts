@@ -42,7 +42,12 @@ export async function devicePage(app: HTMLElement, id: string, params: URLSearch
   clear(
     app,
     h("div", { class: "row" }, h("h1", {}, device.name || device.id), status),
-    h("p", { class: "muted" }, `${device.id} · site ${device.site}${device.kind ? ` · ${device.kind}` : ""}`),
+    h(
+      "p",
+      { class: "muted" },
+      `${device.id} · site ${device.site}${device.kind ? ` · ${device.kind}` : ""} · `,
+      h("a", { href: `#/meter/${encodeURIComponent(device.id)}`, id: "meter-link" }, "meter view"),
+    ),
     h(
       "section",
       { class: "card" },
@@ -57,7 +62,7 @@ export async function devicePage(app: HTMLElement, id: string, params: URLSearch
       ),
       range,
       chartEl,
-      h("p", { class: "muted small" }, "Drag across the chart to zoom in."),
+      h("p", { class: "muted small" }, "Drag across the chart to zoom in; Shift + drag, or one finger, to pan; pinch to zoom."),
       stats,
     ),
     h("section", { class: "card" }, h("h2", {}, "Latest values"), h("div", { class: "table-wrap" }, latestTable)),
@@ -135,10 +140,12 @@ export async function devicePage(app: HTMLElement, id: string, params: URLSearch
       shown = labels;
       chart = lineChart(chartEl, labels, data as never, {
         unit,
-        onZoom: (min, max) => {
-          from = Math.round(min);
-          to = Math.round(max);
-          follow = false;
+        onRange: (min, max) => {
+          // Panning past "now" stops there, keeping the span.
+          const span = Math.max(1000, Math.round(max - min));
+          to = Math.min(Math.round(max), Date.now());
+          from = to - span;
+          follow = to >= Date.now() - 1000;
           void load();
         },
       });

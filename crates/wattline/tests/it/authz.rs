@@ -328,6 +328,9 @@ fn case(w: &World, method: &str, path: &str, who: Who) -> Option<(Class, Call)> 
             SiteAdmin(204),
             Call::at(format!("/api/v1/sites/{}", w.site_of_a())),
         ),
+        ("GET", "/api/v1/sites/{id}/summary") => {
+            (SiteRead(200), Call::at("/api/v1/sites/site-a/summary"))
+        }
         ("GET", "/api/v1/sites/{id}/tcp-enrollment") => (
             SiteRead(200),
             Call::at("/api/v1/sites/site-a/tcp-enrollment"),

@@ -113,3 +113,70 @@ fn a_stream_ends_once_its_session_does() {
         s.write_lp(&format!("m,device=dev-a power=1 {}", now_s()));
     }
 }
+
+/// `latest=1` (the overview's stream): many readings in a second become one event with each
+/// changed device's power now, phases added up, other sites' devices left out.
+#[test]
+fn a_latest_stream_sends_each_devices_power_once_a_second() {
+    let s = TestServer::start();
+    s.create_site("site-a", "UTC");
+    s.create_site("site-b", "UTC");
+    s.create_device("p3", Some("site-a"));
+    s.create_device("m1", Some("site-a"));
+    s.create_device("quiet", Some("site-a"));
+    s.create_device("dev-b", Some("site-b"));
+    let auth = format!("Token {ADMIN}");
+    let mut stream = s.open_stream(
+        "/api/v1/live?site=site-a&latest=1",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(stream.status, 200);
+    let now = now_s();
+    let mut lines = String::new();
+    for k in 0..20 {
+        for (phase, w) in [("L1", 100 + k), ("L2", 200), ("L3", 300)] {
+            lines.push_str(&format!(
+                "m,device=p3,channel={phase} power={w} {}\n",
+                now - 20 + k
+            ));
+        }
+        lines.push_str(&format!("m,device=m1 power={} {}\n", 10 + k, now - 20 + k));
+        lines.push_str(&format!("m,device=dev-b power=5 {}\n", now - 20 + k));
+    }
+    let t = Instant::now();
+    s.write_lp(&lines);
+    let (name, data) = stream
+        .next_event(Duration::from_secs(3))
+        .expect("an event within a second or two");
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert_eq!(name, "latest");
+    let v: Value = serde_json::from_str(&data).unwrap();
+    let mut rows: Vec<(String, f64, i64)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["device"].as_str().unwrap().to_owned(),
+                r["power_w"].as_f64().unwrap(),
+                r["ts"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let last = (now - 1) * 1000;
+    assert_eq!(
+        rows,
+        [("m1".into(), 29.0, last), ("p3".into(), 619.0, last)],
+        "{v}"
+    );
+    // Nothing more comes while nothing is written.
+    assert!(stream.next_event(Duration::from_millis(1500)).is_none());
+    let r = s.request(
+        "GET",
+        "/api/v1/live?site=site-a&latest=maybe",
+        &[("Authorization", &auth)],
+        None,
+    );
+    assert_eq!((r.status, r.code().as_str()), (400, "bad_query"));
+}

@@ -500,6 +500,21 @@ fn malformed_payloads_are_refused_named_and_counted_and_good_data_still_flows() 
         "the refusal names the topic"
     );
     assert_eq!(metric(&s, "wattline_mqtt_rejected_total"), 3);
+    let list = s.get("/api/v1/rejected-readings", Some(ADMIN)).json();
+    let mqtt_rejections: Vec<&Value> = list["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["transport"] == "mqtt")
+        .collect();
+    assert_eq!(mqtt_rejections.len(), 3, "{list}");
+    assert!(
+        mqtt_rejections
+            .iter()
+            .all(|e| e["actor"].as_str().unwrap().contains("plug-1")
+                && e["message"].as_str().unwrap().contains("tele/plug1/SENSOR")),
+        "each names the device and the topic: {list}"
+    );
     let out = mosquitto_pub(
         &mqtt,
         &[

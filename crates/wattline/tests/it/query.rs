@@ -150,3 +150,103 @@ fn admins_see_the_most_recent_rejected_readings() {
     assert!(list[1]["message"].as_str().unwrap().contains("ghost"));
     assert_eq!(list[1]["actor"], "admin-token");
 }
+
+/// The overview's numbers are added up on the server, in the site's zone: phases count once,
+/// offline meters do not count towards "now", and energy splits at local midnight.
+#[test]
+fn site_summary_adds_up_the_site_in_its_zone() {
+    let s = TestServer::start();
+    let now = now_s();
+    // A zone where it is about noon now, so "today" has room on both sides of the readings.
+    let utc_hour = (now % 86_400) / 3600;
+    let offset = 12 - utc_hour; // -11..=12
+                                // Etc/GMT names count the other way round: Etc/GMT-5 is UTC+5.
+    let zone = match offset {
+        0 => "Etc/GMT".to_owned(),
+        o if o > 0 => format!("Etc/GMT-{o}"),
+        o => format!("Etc/GMT+{}", -o),
+    };
+    s.create_site("sum", &zone);
+    s.create_site("elsewhere", "UTC");
+    for d in ["p3", "m1", "m2"] {
+        s.create_device(d, Some("sum"));
+    }
+    s.create_device("other", Some("elsewhere"));
+    let local_midnight = (now + offset * 3600) / 86_400 * 86_400 - offset * 3600;
+    let yesterday = local_midnight - 86_400;
+    let mut lines = String::new();
+    for t in [now - 1800, now - 10] {
+        for (phase, w) in [("L1", 100), ("L2", 200), ("L3", 300)] {
+            lines.push_str(&format!("e,device=p3,channel={phase} power={w} {t}\n"));
+        }
+    }
+    for (t, kwh) in [
+        (yesterday + 10 * 3600, 100.0),
+        (yesterday + 11 * 3600, 103.0),
+        (local_midnight + 3600, 103.0),
+        (local_midnight + 2 * 3600, 106.0),
+    ] {
+        lines.push_str(&format!("e,device=m1 energy={kwh} {t}\n"));
+    }
+    lines.push_str(&format!("e,device=m1 power=50,energy=106.5 {}\n", now - 30));
+    lines.push_str(&format!("e,device=m2 power=999 {}\n", now - 2 * 86_400));
+    lines.push_str(&format!("e,device=other power=7777 {}\n", now - 5));
+    s.write_lp(&lines);
+
+    let r = s.get("/api/v1/sites/sum/summary", Some(ADMIN));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["timezone"], zone.as_str());
+    assert_eq!(
+        (v["devices"].as_u64(), v["online"].as_u64()),
+        (Some(3), Some(2)),
+        "{v}"
+    );
+    assert!(approx(v["power_w"].as_f64().unwrap(), 650.0), "{v}");
+    let top: Vec<(&str, f64)> = v["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["id"].as_str().unwrap(), d["power_w"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(top, [("p3", 600.0), ("m1", 50.0)], "{v}");
+    assert_eq!(v["offline_count"], 1);
+    assert_eq!(v["offline"][0]["id"], "m2");
+    assert!(v["offline"][0]["last_seen"].is_string());
+    assert!(approx(v["energy_today_kwh"].as_f64().unwrap(), 3.5), "{v}");
+    // Yesterday's 3 kWh fall in this month unless today is the 1st, locally.
+    let local_day_of_month = {
+        let days = (now + offset * 3600).div_euclid(86_400);
+        jiff::civil::date(1970, 1, 1)
+            .checked_add(jiff::Span::new().days(days))
+            .unwrap()
+            .day()
+    };
+    let month = if local_day_of_month == 1 { 3.5 } else { 6.5 };
+    assert!(
+        approx(v["energy_month_kwh"].as_f64().unwrap(), month),
+        "{v}"
+    );
+    // The last hour per minute: the three phases add up in the minute they were read.
+    let minute = (now - 1800) / 60 * 60 * 1000;
+    let t = v["history"]["t"].as_array().unwrap();
+    let i = t
+        .iter()
+        .position(|x| x.as_i64() == Some(minute))
+        .expect("minute present");
+    assert!(
+        approx(v["history"]["power_w"][i].as_f64().unwrap(), 600.0),
+        "{v}"
+    );
+    assert!(
+        !v.to_string().contains("7777") && !v.to_string().contains("other"),
+        "another site's device leaks in: {v}"
+    );
+
+    let v = s.get("/api/v1/sites/sum/summary?top=1", Some(ADMIN)).json();
+    assert_eq!(v["top"].as_array().unwrap().len(), 1);
+    let r = s.get("/api/v1/sites/sum/summary?top=50000", Some(ADMIN));
+    assert_eq!((r.status, r.code().as_str()), (400, "bad_top"));
+    let r = s.get("/api/v1/sites/nowhere/summary", Some(ADMIN));
+    assert_eq!((r.status, r.code().as_str()), (404, "not_found"));
+}

@@ -294,6 +294,31 @@ fn a_malformed_message_gets_an_error_and_the_connection_stays_usable() {
         metric(&s, "wattline_tcp_rejected_total{code=\"bad_json\"} "),
         Some(1)
     );
+    // The dashboard's list of recent refusals shows them too, newest first.
+    let list = s.get("/api/v1/rejected-readings", Some(ADMIN)).json();
+    let tcp: Vec<&serde_json::Value> = list["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["transport"] == "tcp")
+        .collect();
+    let codes: Vec<&str> = tcp.iter().map(|e| e["code"].as_str().unwrap()).collect();
+    assert_eq!(
+        codes,
+        [
+            "garbage",
+            "unknown_meter",
+            "bad_timestamp",
+            "out_of_range",
+            "bad_field_type",
+            "bad_json"
+        ],
+        "{list}"
+    );
+    assert!(
+        tcp[1]["actor"].as_str().unwrap().contains("424242"),
+        "names the meter: {list}"
+    );
 }
 
 #[test]
