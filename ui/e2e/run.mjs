@@ -52,9 +52,9 @@ async function strictCsp(context) {
 }
 
 /** Runs one test in a fresh browser context; on failure saves a screenshot of its page. */
-async function test(name, viewport, fn) {
+async function test(name, viewport, fn, contextOptions = {}) {
   if (only && !name.includes(only)) return;
-  const context = await browser.newContext({ viewport, baseURL: base });
+  const context = await browser.newContext({ viewport, baseURL: base, ...contextOptions });
   await strictCsp(context);
   const page = await context.newPage();
   const errors = [];
@@ -245,25 +245,119 @@ await test("overview at 360 px has no horizontal scroll", phone, async (page) =>
   assert(s2 <= i2, `device page is ${s2} px wide in a ${i2} px window`);
 });
 
-// Documentation screenshots (scripts/screenshots.sh): the pages as an owner sees them.
+await test("the overview's total follows a new reading within 2 s", desktop, async (page) => {
+  await login(page, "owner-a@x.test");
+  await page.waitForSelector("#ranked tbody tr[data-device]");
+  // The live stream opens once the page has rendered.
+  await page.waitForTimeout(500);
+  await writeReading({ device: "dev-a2", ts: Date.now(), power: 7777 });
+  const summary = await (await page.request.get("/api/v1/sites/site-a/summary")).json();
+  const expected = `${(summary.power_w / 1000).toFixed(2)} kW`;
+  await page.waitForSelector(`#total-power:text('${expected}')`, { timeout: 2500 });
+  const first = await page.getAttribute("#ranked tbody tr:first-child", "data-device");
+  assert(first === "dev-a2", `the biggest consumer is listed first, not ${first}`);
+});
+
+await test("shift-drag pans the history and keeps its span", desktop, async (page) => {
+  await login(page, "owner-a@x.test");
+  await page.goto("/#/device/dev-a1?range=24h");
+  await page.waitForSelector("#device-chart .u-over");
+  await page.waitForSelector("#tier[data-tier]");
+  const asked = [];
+  page.on("request", (r) => r.url().includes("/series?") && asked.push(new URL(r.url()).searchParams));
+  const over = await page.locator("#device-chart .u-over").boundingBox();
+  const y = over.y + over.height / 2;
+  await page.keyboard.down("Shift");
+  await page.mouse.move(over.x + over.width * 0.3, y);
+  await page.mouse.down();
+  await page.mouse.move(over.x + over.width * 0.7, y, { steps: 8 });
+  await page.mouse.up();
+  await page.keyboard.up("Shift");
+  // Dragging 40 % to the right shows what was 40 % of a day earlier.
+  await page.waitForFunction(() => !document.querySelector("button[data-preset='24h']")?.classList.contains("active"));
+  const last = () => asked[asked.length - 1];
+  const deadline = Date.now() + 3000;
+  while (!(asked.length && Number(last().get("to")) < Date.now() - 8 * 3600e3) && Date.now() < deadline) await page.waitForTimeout(100);
+  assert(asked.length > 0, "panning fetched nothing");
+  const from = Number(last().get("from"));
+  const to = Number(last().get("to"));
+  const hoursBack = (Date.now() - to) / 3600e3;
+  assert(hoursBack > 8 && hoursBack < 11, `the range now ends ${hoursBack.toFixed(1)} h ago`);
+  assert(Math.abs(to - from - 86400e3) < 60e3, `the span changed to ${(to - from) / 3600e3} h`);
+});
+
+await test("a pinch on a phone zooms the history into a finer tier", phone, async (page) => {
+  await login(page, "owner-a@x.test");
+  await page.goto("/#/device/dev-a1?range=24h");
+  await page.waitForSelector("#device-chart .u-over");
+  await page.waitForFunction(() => document.querySelector("#tier")?.dataset.tier === "1h");
+  const over = await page.locator("#device-chart .u-over").boundingBox();
+  const y = over.y + over.height / 2;
+  const cx = over.x + over.width / 2;
+  const cdp = await page.context().newCDPSession(page);
+  const touch = (type, spread) =>
+    cdp.send("Input.dispatchTouchEvent", {
+      type,
+      touchPoints: spread === null ? [] : [{ x: cx - spread, y, id: 1 }, { x: cx + spread, y, id: 2 }],
+    });
+  await touch("touchStart", 15);
+  for (let spread = 25; spread <= 120; spread += 15) await touch("touchMove", spread);
+  await touch("touchEnd", null);
+  // Fingers eight times further apart: a day becomes about three hours, which raw covers.
+  await page.waitForFunction(() => ["raw", "1m"].includes(document.querySelector("#tier")?.dataset.tier));
+  const [s, i] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+  assert(s <= i, `device page is ${s} px wide in a ${i} px window`);
+}, { hasTouch: true, isMobile: true });
+
+await test("a customer lands on their meter: history, cumulative kWh, live power", phone, async (page) => {
+  await login(page, "customer@x.test");
+  await page.waitForURL(/#\/meter\/dev-c1/);
+  await page.waitForSelector("#cumulative-chart[data-total] .u-over");
+  await page.waitForSelector("#meter-chart .u-over");
+  const total = Number(await page.getAttribute("#cumulative-chart", "data-total"));
+  const stats = await (await page.request.get(`/api/v1/devices/dev-c1/stats?from=${Date.now() - 40 * 86400e3}`)).json();
+  assert(total > 200 && Math.abs(total - stats.energy_import_kwh) < 0.001, `cumulative ${total} kWh, the meter used ${stats.energy_import_kwh}`);
+  const period = await page.textContent("#meter-period");
+  assert(period === `${total.toFixed(2)} kWh`, `period total shows ${period}`);
+  const today = await page.textContent("#meter-today");
+  assert(/^\d+\.\d\d kWh$/.test(today) && parseFloat(today) > 0, `today: ${today}`);
+  assert((await page.request.get("/api/v1/devices/dev-a1")).status() === 404, "a customer reads another meter");
+  const [s, i] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+  assert(s <= i, `meter page is ${s} px wide in a ${i} px window`);
+  await page.waitForTimeout(500);
+  await writeReading({ device: "dev-c1", ts: Date.now(), power: 1234 });
+  await page.waitForSelector("#meter-power:text('1.23 kW')", { timeout: 2000 });
+  // Other periods bucket the same meter differently.
+  await page.click("button[data-period='24h']");
+  await page.waitForSelector("#bars-title:text('per hour')");
+});
+
+// Documentation screenshots (scripts/screenshots.sh): each page as its usual visitor sees it.
 const docs = process.env.E2E_DOCS_SCREENSHOTS;
 if (docs && failed === 0) {
   mkdirSync(docs, { recursive: true });
+  const pages = [
+    [null, "login", "#/login", "#login-form"],
+    ["owner-a@x.test", "overview", "#/", "#overview-chart .u-over"],
+    ["owner-a@x.test", "devices", "#/devices", "#devices tbody tr"],
+    ["owner-a@x.test", "device", "#/device/dev-a1?range=24h", "#device-chart .u-over"],
+    ["owner-a@x.test", "account", "#/account", "h1"],
+    ["admin@x.test", "admin", "#/admin", "#admin-devices tr[data-device]"],
+    ["customer@x.test", "meter", "#/meter/dev-c1", "#cumulative-chart .u-over"],
+  ];
   for (const [label, viewport] of [["desktop", desktop], ["phone", phone]]) {
-    const context = await browser.newContext({ viewport, baseURL: base });
-    const page = await context.newPage();
-    await login(page, "owner-a@x.test");
-    for (const [name, hash, ready] of [
-      ["overview", "#/", "#overview-chart .u-over"],
-      ["devices", "#/devices", "#devices tbody tr"],
-      ["device", "#/device/dev-a1?range=24h", "#device-chart .u-over"],
-    ]) {
-      await page.goto(`/${hash}`);
-      await page.waitForSelector(ready);
-      await page.waitForTimeout(1500);
-      await page.screenshot({ path: join(docs, `${name}-${label}.png`), fullPage: label === "desktop" });
+    for (const who of [null, "owner-a@x.test", "admin@x.test", "customer@x.test"]) {
+      const context = await browser.newContext({ viewport, baseURL: base });
+      const page = await context.newPage();
+      if (who) await login(page, who);
+      for (const [, name, hash, ready] of pages.filter(([w]) => w === who)) {
+        await page.goto(`/${hash}`);
+        await page.waitForSelector(ready);
+        await page.waitForTimeout(1500);
+        await page.screenshot({ path: join(docs, `${name}-${label}.png`), fullPage: label === "desktop" });
+      }
+      await context.close();
     }
-    await context.close();
   }
   console.log(`screenshots written to ${docs}`);
 }

@@ -49,7 +49,12 @@ function header(): void {
   );
 }
 
+/** Counts navigations: a page still loading when the next one starts renders into a
+ *  detached element and is cleaned up as soon as it returns. */
+let navigation = 0;
+
 async function route(): Promise<void> {
+  const mine = ++navigation;
   if (cleanup) {
     cleanup();
     cleanup = null;
@@ -58,28 +63,34 @@ async function route(): Promise<void> {
   const [path, query = ""] = hash.slice(1).split("?");
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
   const params = new URLSearchParams(query);
+  const view = h("div");
   if (parts[0] === "login") {
     header();
-    cleanup = loginPage(app);
+    clear(app, view);
+    cleanup = loginPage(view);
     return;
   }
   if (!currentUser() && !(await loadMe())) {
     location.hash = "#/login";
     return;
   }
+  if (mine !== navigation) return;
   header();
-  clear(app);
+  clear(app, view);
+  let done: Cleanup | null = null;
   try {
-    if (parts.length === 0) cleanup = await overviewPage(app, params);
-    else if (parts[0] === "devices") cleanup = await devicesPage(app, params);
-    else if (parts[0] === "device" && parts[1]) cleanup = await devicePage(app, parts[1], params);
-    else if (parts[0] === "meter" && parts[1]) cleanup = await meterPage(app, parts[1], params);
-    else if (parts[0] === "account") cleanup = accountPage(app);
-    else if (parts[0] === "admin") cleanup = await adminPage(app);
-    else clear(app, h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/" }, "Overview")));
+    if (parts.length === 0) done = await overviewPage(view, params);
+    else if (parts[0] === "devices") done = await devicesPage(view, params);
+    else if (parts[0] === "device" && parts[1]) done = await devicePage(view, parts[1], params);
+    else if (parts[0] === "meter" && parts[1]) done = await meterPage(view, parts[1], params);
+    else if (parts[0] === "account") done = accountPage(view);
+    else if (parts[0] === "admin") done = await adminPage(view);
+    else clear(view, h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/" }, "Overview")));
   } catch (e) {
-    clear(app, h("p", { class: "error" }, `Could not load this page: ${(e as Error).message}`));
+    clear(view, h("p", { class: "error" }, `Could not load this page: ${(e as Error).message}`));
   }
+  if (mine === navigation) cleanup = done;
+  else done?.();
 }
 
 window.addEventListener("hashchange", () => void route());

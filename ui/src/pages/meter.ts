@@ -51,6 +51,7 @@ export async function meterPage(app: HTMLElement, id: string, params: URLSearchP
   const historyEl = h("div", { class: "chart", id: "meter-chart" });
   const barsEl = h("div", { class: "chart", id: "meter-bars" });
   const cumulativeEl = h("div", { class: "chart", id: "cumulative-chart" });
+  const barsTitle = h("h2", { id: "bars-title" }, "Consumption");
   const buttons = Object.keys(PERIODS).map((p) =>
     h("button", { class: "preset", "data-period": p, onclick: () => void show(p) }, p),
   );
@@ -66,7 +67,7 @@ export async function meterPage(app: HTMLElement, id: string, params: URLSearchP
       h("div", { class: "card" }, periodLabel, periodEl),
     ),
     h("section", { class: "card" }, h("div", { class: "row wrap" }, h("div", { class: "presets" }, buttons)), h("h2", {}, "Power"), historyEl),
-    h("section", { class: "card" }, h("h2", { id: "bars-title" }, "Consumption"), barsEl),
+    h("section", { class: "card" }, barsTitle, barsEl),
     h("section", { class: "card" }, h("h2", {}, "Cumulative consumption"), cumulativeEl),
     h("p", { class: "muted small" }, h("a", { href: `#/device/${encodeURIComponent(id)}` }, "All details of this meter")),
   );
@@ -134,7 +135,7 @@ export async function meterPage(app: HTMLElement, id: string, params: URLSearchP
     barsChart = lineChart(barsEl, [`kWh per ${interval}`], [t, kwh], { unit: "kWh", bars: true });
     cumulativeChart?.destroy();
     cumulativeChart = lineChart(cumulativeEl, ["kWh"], [t, cumulative], { unit: "kWh" });
-    document.getElementById("bars-title")!.textContent = `Consumption per ${interval}`;
+    barsTitle.textContent = `Consumption per ${interval}`;
     periodLabel.textContent = `Last ${p}`;
     periodEl.textContent = `${fmtNum(running, 2)} kWh`;
     cumulativeEl.dataset.total = running.toFixed(3);

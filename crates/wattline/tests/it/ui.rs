@@ -76,16 +76,20 @@ fn dashboard_in_headless_chromium() {
 
     s.create_site("site-a", "Europe/Zurich");
     s.create_site("site-b", "UTC");
+    s.create_site("home-c", "America/New_York");
     for (id, site) in [
         ("dev-a1", "site-a"),
         ("dev-a2", "site-a"),
         ("dev-b1", "site-b"),
+        ("dev-c1", "home-c"),
     ] {
         s.create_device(id, Some(site));
     }
     create_user(&s, "owner-a@x.test", "owner", &["site-a"]);
     create_user(&s, "owner-b@x.test", "owner", &["site-b"]);
     create_user(&s, "admin@x.test", "admin", &[]);
+    // A customer who sees one meter: their home's only device.
+    create_user(&s, "customer@x.test", "viewer", &["home-c"]);
     // A day of minute readings on three phases (so that long ranges need rollups), and a
     // small load on the second device.
     let now = now_s();
@@ -101,6 +105,15 @@ fn dashboard_in_headless_chromium() {
                 "m,device=dev-a1,channel={phase} power={p},voltage=230,energy={e} {ts}\n"
             ));
         }
+    }
+    // The customer's meter: twenty days, hourly, half a kWh an hour.
+    for h in (0..480).rev() {
+        let kwh = (479 - h) as f64 * 0.5;
+        lines.push_str(&format!(
+            "m,device=dev-c1 power={},energy={kwh} {}\n",
+            400 + (h % 24) * 10,
+            now - 3600 * h
+        ));
     }
     lines.push_str(&format!("m,device=dev-a2 power=5 {now}\n"));
     lines.push_str(&format!("m,device=dev-b1 power=77 {now}\n"));
