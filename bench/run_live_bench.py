@@ -1,16 +1,24 @@
 #!/usr/bin/env python3
 """Wattline live fan-out and dashboard benchmark (not a timed test; prints a table).
 
-1. Ingest with and without dashboards: the server's closed-loop ingest rate (line protocol,
-   batches of --batch readings over --devices devices, --writers concurrent writers) for
-   --seconds with no live stream open, then again with --streams streams open on
-   /api/v1/live?device=… (one device each, as device pages are), each read in bulk by a
-   thread. Goal from the dashboard issue: the streams cost < 10 % of the rate.
-2. First load of the overview with --overview-devices devices: the time for what the page
-   asks first (GET /, its assets, /auth/me, /sites, /devices). Goal: < 1 s.
+1. Live dashboards against ingest. Two kinds of dashboard stream, as the UI opens them:
+   a device page (`/api/v1/live?device=…`, every reading of one device) and an overview
+   (`/api/v1/live?site=…&latest=1`, each changed device's power once a second).
+   a. Closed loop: the server's ingest rate (line protocol, batches of --batch readings over
+      --devices devices, --writers writers) with no stream, with --streams device pages and
+      with --streams overviews open. Goal from the dashboard issue: the streams cost < 10 %
+      of the rate. This is harsher than the goal's 10,000 readings/s: every stream filters
+      the full rate.
+   b. Paced at --rate readings/s (default 10,000) for --seconds: the server's CPU time per
+      second with no stream and with each kind, and the events the streams received.
+   Each scenario runs --runs times, interleaved; medians are printed.
+2. First load of the overview with --overview-devices devices, each with an hour of
+   per-minute readings and an energy counter, in headless Chromium (ui/e2e/overview_load.mjs,
+   fresh context per load, logged in as a site owner): navigation until total power, energy,
+   the ranked devices and the chart are on screen. Goal: < 1 s.
 
   bench/run_live_bench.py --bin target/release/wattline
-  bench/run_live_bench.py --seconds 5 --streams 20        # quick check
+  bench/run_live_bench.py --seconds 5 --streams 20 --runs 1        # quick check
 
 Everything runs on 127.0.0.1 against a throwaway data dir; the server is stopped by PID.
 """
@@ -21,6 +29,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,34 +66,83 @@ def call(addr, method, path, body=None, headers=None):
     return r.status, data
 
 
+PASSWORD = "bench passphrase 2026"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def setup(addr, n):
-    assert call(addr, "POST", "/api/v1/sites", json.dumps({"id": "s", "name": "S", "timezone": "UTC"}))[0] == 201
+    assert call(addr, "POST", "/api/v1/sites", json.dumps({"id": "s", "name": "S", "timezone": "Europe/Zurich"}))[0] == 201
     for i in range(n):
         st, body = call(addr, "POST", "/api/v1/devices", json.dumps({"id": f"d{i}", "name": f"Device {i}", "site": "s"}))
         assert st == 201, body
+    st, body = call(addr, "POST", "/api/v1/users",
+                    json.dumps({"email": "owner@bench.test", "password": PASSWORD, "role": "owner", "sites": ["s"]}))
+    assert st == 201, body
 
 
-def ingest(addr, devices, batch, writers, seconds):
-    """Readings stored per second, closed loop."""
+def fill_last_hour(addr, n):
+    """An hour of per-minute readings per device, with a rising energy counter, ending now."""
+    now = int(time.time())
+    lines = []
+    for m in range(60, -1, -1):
+        ts = now - 60 * m
+        for i in range(n):
+            w = 100 + (i * 37) % 2000
+            kwh = 1000 + i + (60 - m) * w / 60_000
+            lines.append(f"m,device=d{i} power={w},voltage=230,energy={kwh:.4f} {ts}")
+            if len(lines) == 5000:
+                st, body = call(addr, "POST", "/write?precision=s", "\n".join(lines))
+                assert st == 204, body
+                lines = []
+    if lines:
+        st, body = call(addr, "POST", "/write?precision=s", "\n".join(lines))
+        assert st == 204, body
+
+
+class Clock:
+    """Timestamps no two writes share: ingest keeps the first of duplicates, so repeated
+    runs must not write the same (device, ts) again."""
+
+    def __init__(self):
+        self.next = int(time.time() * 1000) - 20 * 86_400_000
+        self.lock = threading.Lock()
+
+    def take(self, n):
+        with self.lock:
+            start = self.next
+            self.next += n
+            return start
+
+
+def ingest(addr, devices, batch, writers, seconds, clock, rate=None):
+    """Readings stored per second: closed loop, or paced at `rate` readings/s in all."""
     stop = time.time() + seconds
     counts = [0] * writers
+    interval = batch * writers / rate if rate else 0
 
     def writer(w):
         c = http.client.HTTPConnection(*addr, timeout=60)
-        # Each writer its own hour of the last day, so no two readings share a timestamp.
-        base = int(time.time() * 1000) - 86_400_000 + w * 3_600_000
-        k = 0
+        due = time.time()
         while time.time() < stop:
-            lines = []
-            for _ in range(batch):
-                k += 1
-                lines.append(f"m,device=d{k % devices} power={k % 5000} {base + k}")
-            c.request("POST", "/write?precision=ms", body="\n".join(lines),
-                      headers={"Authorization": f"Token {ADMIN}"})
+            base = clock.take(batch)
+            body = "\n".join(f"m,device=d{(base + k) % devices} power={(base + k) % 5000} {base + k}" for k in range(batch))
+            c.request("POST", "/write?precision=ms", body=body, headers={"Authorization": f"Token {ADMIN}"})
             r = c.getresponse()
             r.read()
             assert r.status == 204, r.status
             counts[w] += batch
+            if rate:
+                due += interval
+                pause = due - time.time()
+                if pause > 0:
+                    time.sleep(pause)
         c.close()
 
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
@@ -96,26 +154,29 @@ def ingest(addr, devices, batch, writers, seconds):
     return sum(counts) / (time.time() - t0)
 
 
-def open_streams(addr, n, devices):
+def open_streams(addr, n, devices, kind):
+    """`kind` is "device" (a device page each) or "overview" (the site, latest=1)."""
     socks, received, stop = [], [0] * n, threading.Event()
     for i in range(n):
         s = socket.create_connection(addr, timeout=10)
-        s.sendall(f"GET /api/v1/live?device=d{i % devices} HTTP/1.1\r\nHost: x\r\n"
+        query = f"device=d{i % devices}" if kind == "device" else "site=s&latest=1"
+        s.sendall(f"GET /api/v1/live?{query} HTTP/1.1\r\nHost: x\r\n"
                   f"Authorization: Token {ADMIN}\r\nAccept: text/event-stream\r\n\r\n".encode())
         socks.append(s)
+    marker = b"event: reading" if kind == "device" else b"event: latest"
 
     def reader(i):
         socks[i].settimeout(0.5)
         while not stop.is_set():
             try:
-                b = socks[i].recv(65536)
+                b = socks[i].recv(1 << 20)
             except socket.timeout:
                 continue
             except OSError:
                 return
             if not b:
                 return
-            received[i] += b.count(b"event: reading")
+            received[i] += b.count(marker)
 
     threads = [threading.Thread(target=reader, args=(i,), daemon=True) for i in range(n)]
     for t in threads:
@@ -130,40 +191,59 @@ def open_streams(addr, n, devices):
     return close
 
 
-def first_load(addr):
-    t0 = time.time()
-    st, index = call(addr, "GET", "/", headers={"Authorization": ""})
-    assets = re.findall(rb'(?:src|href)="(/assets/[^"]+)"', index)
-    for a in assets:
-        call(addr, "GET", a.decode())
-    for p in ["/api/v1/auth/me", "/api/v1/sites", "/api/v1/devices"]:
-        st, _ = call(addr, "GET", p)
-        assert st == 200, (p, st)
-    return time.time() - t0, len(assets) > 0
+def scenario(proc, addr, a, clock, kind, rate):
+    """One measurement: (readings/s, server CPU s per s, events received)."""
+    close = open_streams(addr, a.streams, a.devices, kind) if kind else None
+    time.sleep(1)
+    cpu0, t0 = cpu_seconds(proc.pid), time.time()
+    got = ingest(addr, a.devices, a.batch, a.writers, a.seconds, clock, rate)
+    cpu = (cpu_seconds(proc.pid) - cpu0) / (time.time() - t0)
+    time.sleep(1.5)
+    events = close() if close else 0
+    return got, cpu, events
+
+
+def overview_load(addr, a):
+    ui = os.path.join(HERE, "..", "ui")
+    if not os.path.exists(os.path.join(ui, "node_modules", "playwright-core")):
+        return None, "ui/node_modules missing (npm ci in ui/)"
+    env = dict(os.environ, WATTLINE_URL=f"http://{addr[0]}:{addr[1]}", BENCH_EMAIL="owner@bench.test",
+               BENCH_PASSWORD=PASSWORD, BENCH_RUNS=str(a.load_runs))
+    out = subprocess.run(["node", "e2e/overview_load.mjs"], cwd=ui, env=env, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        return None, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1]), None
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "release", "wattline"))
-    ap.add_argument("--devices", type=int, default=100)
+    ap.add_argument("--devices", type=int, default=100, help="devices written to and watched")
     ap.add_argument("--streams", type=int, default=100)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--writers", type=int, default=2)
-    ap.add_argument("--seconds", type=float, default=15)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--rate", type=float, default=10_000)
+    ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--overview-devices", type=int, default=1000)
+    ap.add_argument("--load-runs", type=int, default=5)
     a = ap.parse_args()
     data = tempfile.mkdtemp(prefix="wl-live-bench-")
     proc, addr = start(a.bin, os.path.join(data, "d"))
+    kinds = [None, "device", "overview"]
+    closed = {k: [] for k in kinds}
+    paced = {k: [] for k in kinds}
     try:
         setup(addr, max(a.devices, a.overview_devices))
-        ingest(addr, a.devices, a.batch, a.writers, 2)  # warm up: series exist, caches full
-        base = ingest(addr, a.devices, a.batch, a.writers, a.seconds)
-        close = open_streams(addr, a.streams, a.devices)
-        time.sleep(1)
-        with_streams = ingest(addr, a.devices, a.batch, a.writers, a.seconds)
-        time.sleep(1)
-        events = close()
-        load_s, has_ui = first_load(addr)
+        fill_last_hour(addr, a.overview_devices)
+        load, load_error = overview_load(addr, a)
+        clock = Clock()
+        ingest(addr, a.devices, a.batch, a.writers, 2, clock)  # warm up
+        for _ in range(a.runs):
+            for k in kinds:
+                closed[k].append(scenario(proc, addr, a, clock, k, None))
+            for k in kinds:
+                paced[k].append(scenario(proc, addr, a, clock, k, a.rate))
     finally:
         proc.terminate()
         try:
@@ -171,13 +251,35 @@ def main():
         except subprocess.TimeoutExpired:
             proc.kill()
         shutil.rmtree(data, ignore_errors=True)
-    cost = (base - with_streams) / base * 100
-    print("| measure | value | goal |")
-    print("|---|---|---|")
-    print(f"| ingest, no streams | {base:,.0f} readings/s | |")
-    print(f"| ingest, {a.streams} live streams | {with_streams:,.0f} readings/s ({events:,} events delivered) | |")
-    print(f"| cost of the streams | {cost:.1f} % | < 10 % |")
-    print(f"| overview first load, {a.overview_devices} devices{'' if has_ui else ' (no UI embedded)'} | {load_s * 1000:.0f} ms | < 1000 ms |")
+
+    med = lambda xs: statistics.median(xs)
+    name = {None: "no stream", "device": f"{a.streams} device pages", "overview": f"{a.streams} overviews (latest=1)"}
+    try:
+        load_avg = os.getloadavg()[0]
+    except OSError:
+        load_avg = float("nan")
+    print(f"load average at the end: {load_avg:.2f}; {a.runs} runs each, medians\n")
+    print("| closed loop | readings/s | vs no stream | server CPU s/s | events received per run |")
+    print("|---|---|---|---|---|")
+    base = med([r[0] for r in closed[None]])
+    for k in kinds:
+        rate = med([r[0] for r in closed[k]])
+        print(f"| {name[k]} | {rate:,.0f} | {(rate - base) / base * 100:+.1f} % | {med([r[1] for r in closed[k]]):.2f} | {med([r[2] for r in closed[k]]):,.0f} |")
+    print()
+    print(f"| paced at {a.rate:,.0f} readings/s | readings/s | server CPU s/s | extra CPU vs no stream | events received per run |")
+    print("|---|---|---|---|---|")
+    cpu0 = med([r[1] for r in paced[None]])
+    for k in kinds:
+        cpu = med([r[1] for r in paced[k]])
+        print(f"| {name[k]} | {med([r[0] for r in paced[k]]):,.0f} | {cpu:.3f} | {(cpu - cpu0) * 1000:+.0f} ms/s | {med([r[2] for r in paced[k]]):,.0f} |")
+    print()
+    if load:
+        ms = [r["ms"] for r in load["runs"]]
+        summ = [r["summary_ms"] for r in load["runs"] if r["summary_ms"] is not None]
+        print(f"| overview first load, {a.overview_devices} devices, headless Chromium | median {load['median_ms']} ms "
+              f"(runs {', '.join(map(str, ms))}); summary request median {med(summ):.0f} ms | goal < 1000 ms |")
+    else:
+        print(f"overview first load not measured: {load_error}")
 
 
 if __name__ == "__main__":

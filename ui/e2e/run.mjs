@@ -181,6 +181,11 @@ await test("devices table sorts and exports", desktop, async (page) => {
   // dev-a1 draws kilowatts, dev-a2 a few watts.
   assert(asc.join() === "dev-a2,dev-a1", `ascending: ${asc}`);
   assert(desc.join() === "dev-a1,dev-a2", `descending: ${desc}`);
+  // The period's figures come from one server request: dev-a1's three phases add up to
+  // about 3.9 kW on average.
+  await page.waitForFunction(() => /kW$/.test(document.querySelector("#devices tr[data-device='dev-a1'] td:nth-child(6)")?.textContent ?? ""));
+  const avg = parseFloat(await page.textContent("#devices tr[data-device='dev-a1'] td:nth-child(6)"));
+  assert(avg > 3.8 && avg < 4.0, `dev-a1 averages ${avg} kW`);
   const href = await page.getAttribute("#export", "href");
   assert(href.includes("format=csv"), href);
   const csv = await page.request.get(href);

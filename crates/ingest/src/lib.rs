@@ -28,7 +28,7 @@ use wattline_domain::{Agg, BucketTier, Point, Reading, SeriesId, TsMs};
 use wattline_storage::{DynStore, Retention, RollupRow, RollupWrite, SeriesPoints, StoreError};
 
 pub use metrics::Metrics;
-pub use registry::Registry;
+pub use registry::{Registry, RegistryView};
 use rollup::{Pending, SeriesPending};
 
 /// Maps keyed by series ids (integers the store hands out, not anything a request chooses),

@@ -160,6 +160,7 @@ pub fn routes() -> Vec<Route> {
         ),
         // devices
         route(M::GET, "/api/v1/devices", query::list_devices),
+        route(M::GET, "/api/v1/device-stats", summary::device_stats),
         route(M::POST, "/api/v1/devices", admin::create_device),
         route(M::GET, "/api/v1/devices/{id}", admin::get_device),
         route(M::PATCH, "/api/v1/devices/{id}", admin::patch_device),

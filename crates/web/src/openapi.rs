@@ -402,7 +402,7 @@ pub async fn document() -> Json<Value> {
     Json(spec())
 }
 
-/// The overview's summary route and its schemas (apart: one `json!` of the whole document
+/// The routes that add sites and devices up for the dashboard, and their schemas (apart: one `json!` of the whole document
 /// would pass the macro's recursion limit).
 fn add_site_summary(doc: &mut Value) {
     let site_id = path_id("id", "Site id");
@@ -421,6 +421,22 @@ fn add_site_summary(doc: &mut Value) {
               "top": {"type": "array", "items": {"$ref": "#/components/schemas/DeviceNow"}},
               "offline_count": {"type": "integer"},
               "offline": {"type": "array", "items": {"$ref": "#/components/schemas/DeviceNow"}}}});
+    doc["paths"]["/api/v1/device-stats"] = json!({"get": {
+        "summary": "Power avg/min/max and energy of every device the caller may read, over a range",
+        "description": "For the devices table, in one request. Ranges up to two days are read per minute, longer \
+          ones per hour, widened to whole buckets. A device with several channels (phases) gets the sum of their \
+          averages, and as min and max the extremes of the per-bucket sums of their means; a `total` or `main` \
+          channel beside others stands for the device.",
+        "parameters": [time_param("from", "Start, inclusive (default a day before to)"),
+          time_param("to", "End, exclusive (default now)"),
+          query("site", "Only this site's devices", json!({"type": "string"}))],
+        "responses": admin_errors(json!({"200": ok_json("Statistics", json!({"type": "object", "required": ["from", "to", "tier", "devices"],
+          "properties": {"from": {"type": "string"}, "to": {"type": "string"}, "tier": {"type": "string"},
+            "devices": {"type": "array", "items": {"type": "object", "required": ["device", "power", "energy_import_kwh"], "properties": {
+              "device": {"type": "string"}, "energy_import_kwh": {"type": "number"},
+              "power": {"type": "object", "nullable": true, "required": ["avg", "min", "max"], "properties": {
+                "avg": {"type": "number"}, "min": {"type": "number"}, "max": {"type": "number"}}}}}}}})),
+          "404": err("No such site")}))}});
     doc["components"]["schemas"]["DeviceNow"] = json!({"type": "object", "required": ["id", "name", "power_w", "last_seen", "online"], "properties": {
             "id": {"type": "string"}, "name": {"type": "string"}, "power_w": {"type": "number", "nullable": true},
             "last_seen": {"type": "string", "nullable": true}, "online": {"type": "boolean"}}});

@@ -117,13 +117,23 @@ pub struct RangeParams {
 }
 
 fn parse_range(p: &RangeParams, default_span_ms: i64) -> ApiResult<(TsMs, TsMs)> {
-    let to = match &p.to {
+    parse_span(p.from.as_deref(), p.to.as_deref(), default_span_ms)
+}
+
+/// `from` and `to` as the API takes them (RFC 3339 or ms); `to` defaults to now and `from` to
+/// `default_span_ms` before it.
+pub(crate) fn parse_span(
+    from: Option<&str>,
+    to: Option<&str>,
+    default_span_ms: i64,
+) -> ApiResult<(TsMs, TsMs)> {
+    let to = match to {
         Some(t) => {
             TsMs::parse_api(t).map_err(|e| ApiError::bad_request("bad_time", format!("to: {e}")))?
         }
         None => TsMs(TsMs::now().0 + 1),
     };
-    let from = match &p.from {
+    let from = match from {
         Some(t) => TsMs::parse_api(t)
             .map_err(|e| ApiError::bad_request("bad_time", format!("from: {e}")))?,
         None => TsMs(to.0 - default_span_ms),

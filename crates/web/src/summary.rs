@@ -1,8 +1,9 @@
-//! `GET /api/v1/sites/{id}/summary`: what the overview page shows, added up on the server.
+//! What the overview and devices pages show, added up on the server: `GET
+//! /api/v1/sites/{id}/summary` and `GET /api/v1/device-stats`.
 //!
-//! A browser summing a site itself needs a request per device; at a thousand devices that is
-//! seconds of round trips. Here the latest values come from memory and each device costs two
-//! rollup reads, run a few at a time.
+//! A browser adding a site up itself needs a request per device; at a thousand devices that is
+//! seconds of round trips. Here the latest values come from memory and each device costs a
+//! rollup read or two, run a few at a time.
 
 use std::collections::BTreeMap;
 
@@ -222,6 +223,144 @@ pub async fn site_summary(
         top,
         offline_count,
         offline: off,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DeviceStatsParams {
+    from: Option<String>,
+    to: Option<String>,
+    /// Only this site's devices.
+    site: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PowerStats {
+    avg: f64,
+    min: f64,
+    max: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeviceStats {
+    device: String,
+    /// Null when the device reported no power in the range.
+    power: Option<PowerStats>,
+    energy_import_kwh: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeviceStatsList {
+    from: String,
+    to: String,
+    /// The rollup tier the figures come from; the range is widened to whole buckets of it.
+    tier: &'static str,
+    devices: Vec<DeviceStats>,
+}
+
+/// Ranges up to this long are read per minute; longer ones per hour (a day of minutes for a
+/// thousand devices is already 1.4 million rows).
+const MINUTE_TIER_UP_TO: i64 = 2 * TsMs::DAY;
+
+/// `GET /api/v1/device-stats`: power avg/min/max and energy of every device the caller may
+/// read (or one site's), over a range, in one request for the devices table.
+///
+/// A device measured by one series gets that series' exact figures. A device measured by
+/// several (phases) gets the sum of their averages, and as min and max the extremes of the
+/// per-bucket sums of their means: the phases' own extremes need not coincide, so adding them
+/// would overstate the swing.
+pub async fn device_stats(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(p): ApiQuery<DeviceStatsParams>,
+) -> ApiResult<Json<DeviceStatsList>> {
+    caller.require_reader()?;
+    let (from, to) = crate::query::parse_span(p.from.as_deref(), p.to.as_deref(), TsMs::DAY)?;
+    let site = match p.site.as_deref() {
+        Some(s) => {
+            let id =
+                SiteId::parse(s).map_err(|e| ApiError::bad_request("bad_id", e.to_string()))?;
+            Some(caller.readable_site(&state, &id).await?.id)
+        }
+        None => None,
+    };
+    let tier = if to.0 - from.0 <= MINUTE_TIER_UP_TO {
+        BucketTier::Minute
+    } else {
+        BucketTier::Hour
+    };
+    let devices: Vec<Device> = state
+        .engine
+        .store()
+        .list_devices()
+        .await?
+        .into_iter()
+        .filter(|d| caller.principal.may_read_site(&d.site))
+        .filter(|d| site.as_ref().is_none_or(|s| *s == d.site))
+        .collect();
+    let engine = &state.engine;
+    let rows: Vec<DeviceStats> = futures::stream::iter(devices)
+        .map(|d| async move {
+            let series = whole_device_series(&engine.registry().device_series(&d.id));
+            let tz = engine.registry().device_zone(&d.id);
+            let start = tier.bucket_start(from, &tz);
+            let mut energy = 0.0;
+            // Per series: its merged figures; per bucket: the sum of the series' means.
+            let mut merged = Vec::with_capacity(series.len());
+            let mut buckets: BTreeMap<i64, (f64, usize)> = BTreeMap::new();
+            for s in &series {
+                let mut agg = wattline_domain::Agg::default();
+                for row in engine.rollups(tier, *s, start, to).await? {
+                    energy += row.agg.energy_import_kwh;
+                    if let Some(avg) = row.agg.stat(Quantity::Power).avg() {
+                        let b = buckets.entry(row.bucket.0).or_default();
+                        b.0 += avg;
+                        b.1 += 1;
+                    }
+                    agg.merge(&row.agg);
+                }
+                merged.push(agg);
+            }
+            let power = match merged.as_slice() {
+                [one] => {
+                    let s = one.stat(Quantity::Power);
+                    s.avg().map(|avg| PowerStats {
+                        avg,
+                        min: s.min,
+                        max: s.max,
+                    })
+                }
+                many => {
+                    let avgs: Vec<f64> = many
+                        .iter()
+                        .filter_map(|a| a.stat(Quantity::Power).avg())
+                        .collect();
+                    let whole: Vec<f64> = buckets
+                        .values()
+                        .filter(|(_, n)| *n == avgs.len())
+                        .map(|(sum, _)| *sum)
+                        .collect();
+                    (!avgs.is_empty() && !whole.is_empty()).then(|| PowerStats {
+                        avg: avgs.iter().sum(),
+                        min: whole.iter().copied().fold(f64::INFINITY, f64::min),
+                        max: whole.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                    })
+                }
+            };
+            Ok::<_, wattline_ingest::EngineError>(DeviceStats {
+                device: d.id.to_string(),
+                power,
+                energy_import_kwh: energy,
+            })
+        })
+        .buffered(CONCURRENT_READS)
+        .try_collect()
+        .await?;
+    Ok(Json(DeviceStatsList {
+        from: from.to_string(),
+        to: to.to_string(),
+        tier: tier.name(),
+        devices: rows,
     }))
 }
 

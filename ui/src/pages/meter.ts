@@ -129,12 +129,15 @@ export async function meterPage(app: HTMLElement, id: string, params: URLSearchP
 
     const t = energy.buckets.map((b) => b.t / 1000);
     const kwh = energy.buckets.map((b) => b.import_kwh);
+    // The running total at the end of each bucket: from zero at the first bucket's start to
+    // the period's total now.
     let running = 0;
-    const cumulative = kwh.map((v) => (running += v));
+    const cumulative = [0, ...kwh.map((v) => (running += v))];
+    const ends = t.length ? [t[0], ...t.slice(1), Math.min(Date.now(), to) / 1000] : [];
     barsChart?.destroy();
     barsChart = lineChart(barsEl, [`kWh per ${interval}`], [t, kwh], { unit: "kWh", bars: true });
     cumulativeChart?.destroy();
-    cumulativeChart = lineChart(cumulativeEl, ["kWh"], [t, cumulative], { unit: "kWh" });
+    cumulativeChart = lineChart(cumulativeEl, ["kWh"], [ends, t.length ? cumulative : []], { unit: "kWh" });
     barsTitle.textContent = `Consumption per ${interval}`;
     periodLabel.textContent = `Last ${p}`;
     periodEl.textContent = `${fmtNum(running, 2)} kWh`;

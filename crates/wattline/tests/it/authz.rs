@@ -356,6 +356,7 @@ fn case(w: &World, method: &str, path: &str, who: Who) -> Option<(Class, Call)> 
             )
         }
         ("GET", "/api/v1/devices") => (Authenticated(200), Call::at(path)),
+        ("GET", "/api/v1/device-stats") => (Authenticated(200), Call::at(path)),
         ("POST", "/api/v1/devices") => (
             // Another owner naming site A learns nothing: "no such site", as for a typo.
             Custom([401, 403, 400, 201, 201]),

@@ -250,3 +250,96 @@ fn site_summary_adds_up_the_site_in_its_zone() {
     let r = s.get("/api/v1/sites/nowhere/summary", Some(ADMIN));
     assert_eq!((r.status, r.code().as_str()), (404, "not_found"));
 }
+
+/// The devices table's figures in one request: exact for one channel; for phases, the sum of
+/// their averages and the extremes of their per-minute sums. Only what the caller may read.
+#[test]
+fn device_stats_cover_every_readable_device_in_one_request() {
+    use crate::authz::{create_user, login, PASSWORD};
+    let s = TestServer::start();
+    s.create_site("x", "UTC");
+    s.create_site("y", "UTC");
+    s.create_device("p3", Some("x"));
+    s.create_device("m1", Some("x"));
+    s.create_device("silent", Some("x"));
+    s.create_device("other", Some("y"));
+    let t0 = (now_s() - 3600) / 60 * 60;
+    let mut lines = String::new();
+    for (t, [l1, l2, l3]) in [(t0, [100, 200, 300]), (t0 + 60, [110, 190, 330])] {
+        for (phase, w) in [("L1", l1), ("L2", l2), ("L3", l3)] {
+            lines.push_str(&format!("e,device=p3,channel={phase} power={w} {t}\n"));
+        }
+    }
+    for (k, w) in [10, 30, 20].into_iter().enumerate() {
+        lines.push_str(&format!(
+            "e,device=m1 power={w},energy={} {}\n",
+            k as f64,
+            t0 + 10 * k as i64
+        ));
+    }
+    lines.push_str(&format!("e,device=other power=5 {t0}\n"));
+    s.write_lp(&lines);
+
+    let range = format!("from={}&to={}", (t0 - 60) * 1000, (t0 + 600) * 1000);
+    let r = s.get(&format!("/api/v1/device-stats?{range}&site=x"), Some(ADMIN));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["tier"], "1m");
+    let by_id = |id: &str| {
+        v["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device"] == id)
+            .unwrap_or_else(|| panic!("{id} missing: {v}"))
+            .clone()
+    };
+    let m1 = by_id("m1");
+    assert_eq!(
+        (
+            m1["power"]["avg"].as_f64(),
+            m1["power"]["min"].as_f64(),
+            m1["power"]["max"].as_f64()
+        ),
+        (Some(20.0), Some(10.0), Some(30.0)),
+        "{m1}"
+    );
+    assert!(
+        approx(m1["energy_import_kwh"].as_f64().unwrap(), 2.0),
+        "{m1}"
+    );
+    let p3 = by_id("p3");
+    assert!(approx(p3["power"]["avg"].as_f64().unwrap(), 615.0), "{p3}");
+    assert!(approx(p3["power"]["min"].as_f64().unwrap(), 600.0), "{p3}");
+    assert!(approx(p3["power"]["max"].as_f64().unwrap(), 630.0), "{p3}");
+    assert!(by_id("silent")["power"].is_null());
+    assert_eq!(
+        v["devices"].as_array().unwrap().len(),
+        3,
+        "site x only: {v}"
+    );
+
+    // An owner of site y sees only y's device, with or without naming a site.
+    create_user(&s, "owner-y@x.test", "owner", &["y"]);
+    let y = login(&s, "owner-y@x.test", PASSWORD);
+    let cookie = [("Cookie", y.cookie.as_str())];
+    let mine = s
+        .request(
+            "GET",
+            &format!("/api/v1/device-stats?{range}"),
+            &cookie,
+            None,
+        )
+        .json();
+    let ids: Vec<&str> = mine["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["other"], "{mine}");
+    let r = s.request("GET", "/api/v1/device-stats?site=x", &cookie, None);
+    assert_eq!(r.status, 404, "another owner's site: {}", r.body);
+    let r = s.get("/api/v1/device-stats?from=2026-13-01", Some(ADMIN));
+    assert_eq!((r.status, r.code().as_str()), (400, "bad_time"));
+}
