@@ -11,6 +11,7 @@
 //! pending rollups. Older ones (late, out of order, duplicates) are merged into stored data and
 //! the rollups they touch are recomputed from raw readings, so totals stay exact.
 
+pub mod live;
 pub mod metrics;
 pub mod registry;
 pub mod rejections;
@@ -186,7 +187,7 @@ struct Shared {
 }
 
 /// The readings of one group commit, shared by every live subscriber.
-pub type LiveBatch = Arc<[Reading]>;
+pub type LiveBatch = Arc<live::LiveCommit>;
 
 /// Commits a live subscriber may fall behind by before it skips ahead. A commit holds up to
 /// `max_commit_readings`, so this bounds memory by commits, not readings; a slow dashboard
@@ -637,7 +638,7 @@ async fn commit_group(shared: &Shared, group: Vec<WriteRequest>) {
     if let Some(tx) = live_tx {
         if !live.is_empty() {
             // Fails only when every receiver has gone since the check: nobody to tell.
-            let _ = tx.send(live.into());
+            let _ = tx.send(Arc::new(live::LiveCommit::new(live)));
         }
     }
     if let Err(e) = result {

@@ -60,8 +60,8 @@ async fn commits_reach_subscribers_once_per_batch_and_slow_ones_skip() {
         .await
         .expect("a batch within 2 s")
         .unwrap();
-    assert_eq!(batch.len(), 5, "one message for the whole write");
-    assert_eq!(batch[4].values.get(Quantity::Power), Some(4.0));
+    assert_eq!(batch.readings().len(), 5, "one message for the whole write");
+    assert_eq!(batch.readings()[4].values.get(Quantity::Power), Some(4.0));
 
     // A subscriber that never reads does not slow writes down: far more commits than the
     // channel holds all complete, and it is told how many it missed.

@@ -1,8 +1,9 @@
 //! `GET /api/v1/live`: readings as they are committed, as Server-Sent Events.
 //!
-//! The engine publishes each durable commit once, as one shared batch; every stream filters
-//! that batch for its caller on its own task, so a hundred dashboards cost the writer one
-//! broadcast per commit. A stream that falls behind skips batches (and says so with a
+//! The engine publishes each durable commit once, as one shared batch; every stream picks
+//! its readings out of that batch on its own task, through an index by device that the first
+//! stream builds for all, so a hundred dashboards cost the writer one broadcast per commit and
+//! each other a look-up per device. A stream that falls behind skips batches (and says so with a
 //! `lagged` event, so the page can refetch) rather than slowing ingest down.
 
 use std::collections::HashSet;
@@ -14,9 +15,10 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
 use wattline_domain::{DeviceId, Principal, Quantity, Reading, SiteId};
+use wattline_ingest::live::LiveCommit;
 use wattline_ingest::{LiveBatch, Registry, RegistryView};
 
 use crate::auth::Caller;
@@ -63,26 +65,68 @@ impl Filter {
         }
     }
 
-    /// Looks devices up in a view taken once per batch: a lock and a cloned site id per
-    /// reading and stream was most of what a hundred streams cost at full ingest.
-    fn wants(&self, registry: &RegistryView<'_>, r: &Reading) -> bool {
+    /// Whether a device's readings belong on this stream, looked up in a view taken once per
+    /// commit: a lock and a cloned site id per reading and stream was most of what a hundred
+    /// streams cost at full ingest.
+    fn wants_device(&self, registry: &RegistryView<'_>, device: &DeviceId) -> bool {
         match self {
-            Filter::Devices(set) => set.contains(&r.device),
-            Filter::Site(site) => registry.device_site(&r.device) == Some(site),
+            Filter::Devices(set) => set.contains(device),
+            Filter::Site(site) => registry.device_site(device) == Some(site),
             Filter::Readable(p) => registry
-                .device_site(&r.device)
+                .device_site(device)
                 .is_some_and(|s| p.may_read_site(s)),
+        }
+    }
+
+    /// The devices of a commit this stream carries: a device page looks its own devices up
+    /// in the commit's shared index; a site or everything looks at each device of the commit
+    /// once, never at each reading.
+    fn devices_in<'c>(
+        &'c self,
+        registry: &RegistryView<'_>,
+        commit: &'c LiveCommit,
+    ) -> Vec<&'c DeviceId> {
+        match self {
+            Filter::Devices(set) => set
+                .iter()
+                .filter(|d| commit.of_device(d).next().is_some())
+                .collect(),
+            _ => commit
+                .devices()
+                .filter(|d| self.wants_device(registry, d))
+                .collect(),
         }
     }
 }
 
+/// `{"device","channel","ts","values":{…}}`, serialized straight from the reading: a device
+/// page at a busy meter gets thousands of these a second.
 fn reading_json(r: &Reading) -> String {
-    let mut values = Map::new();
-    for (q, v) in r.values.iter() {
-        values.insert(q.field().into(), json!(v));
+    struct Values<'a>(&'a wattline_domain::Values);
+    impl serde::Serialize for Values<'_> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let mut map = serializer.serialize_map(None)?;
+            for (q, v) in self.0.iter() {
+                map.serialize_entry(q.field(), &v)?;
+            }
+            map.end()
+        }
     }
-    json!({"device": r.device, "channel": r.channel.as_str(), "ts": r.ts.0, "values": Value::Object(values)})
-        .to_string()
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        device: &'a str,
+        channel: &'a str,
+        ts: i64,
+        values: Values<'a>,
+    }
+    serde_json::to_string(&Row {
+        device: r.device.as_str(),
+        channel: r.channel.as_str(),
+        ts: r.ts.0,
+        values: Values(&r.values),
+    })
+    .expect("a reading serializes")
 }
 
 /// What a stream was asked for.
@@ -291,19 +335,23 @@ fn events(
     futures::stream::unfold(s, |mut s| async move {
         let events: Vec<Event> = tokio::select! {
             received = s.rx.recv() => match received {
-                Ok(batch) => {
-                    let registry = s.state.engine.registry().view();
-                    let wanted = batch.iter().filter(|r| s.filter.wants(&registry, r));
+                Ok(commit) => {
+                    let devices = {
+                        let registry = s.state.engine.registry().view();
+                        s.filter.devices_in(&registry, &commit)
+                    };
                     match &mut s.coalesced {
                         Some(c) => {
-                            for r in wanted {
-                                if !c.changed.contains(&r.device) {
-                                    c.changed.insert(r.device.clone());
+                            for d in devices {
+                                if !c.changed.contains(d) {
+                                    c.changed.insert(d.clone());
                                 }
                             }
                             Vec::new()
                         }
-                        None => wanted
+                        None => devices
+                            .into_iter()
+                            .flat_map(|d| commit.of_device(d))
                             .map(|r| Event::default().event("reading").data(reading_json(r)))
                             .collect(),
                     }
