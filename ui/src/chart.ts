@@ -23,6 +23,8 @@ export function lineChart(
     /** Called with the new visible range (ms) when the user zooms or pans. */
     onRange?: (min: number, max: number) => void;
     bars?: boolean;
+    /** Pixels; by default 280, or 200 on narrow screens. */
+    height?: number;
   } = {},
 ): LineChart {
   const series: uPlot.Series[] = [
@@ -41,7 +43,7 @@ export function lineChart(
   const plot = new uPlot(
     {
       width: width(el),
-      height: el.clientWidth < 500 ? 200 : 280,
+      height: opts.height ?? (el.clientWidth < 500 ? 200 : 280),
       series,
       scales: { x: { time: true } },
       axes: [{}, { size: 60, values: (_u, vals) => vals.map((v) => (v === null ? "" : compact(v))) }],

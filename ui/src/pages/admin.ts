@@ -163,7 +163,15 @@ export async function adminPage(app: HTMLElement): Promise<() => void> {
         )
         .catch(() => clear(tokens, h("span", { class: "muted" }, "–")));
     loadTokens();
-    return h("tr", {}, h("td", {}, s.id), h("td", {}, s.name), h("td", {}, s.timezone), h("td", {}, tcp), tokens);
+    // The zone is changed in place: rollups and bills follow the site's local days.
+    const zone = h("input", { value: s.timezone, "aria-label": `Time zone of ${s.id}`, size: 16 });
+    const saveZone = h("button", {
+      onclick: guard(async () => {
+        await patch(`/api/v1/sites/${encodeURIComponent(s.id)}`, { timezone: zone.value.trim() });
+        show(h("span", { class: "ok" }, `Time zone of ${s.id} saved: ${zone.value.trim()}`));
+      }),
+    }, "Save zone");
+    return h("tr", { "data-site": s.id }, h("td", {}, s.id), h("td", {}, s.name), h("td", { class: "actions" }, zone, saveZone), h("td", {}, tcp), tokens);
   };
 
   // Users
@@ -245,7 +253,7 @@ export async function adminPage(app: HTMLElement): Promise<() => void> {
     h("section", { class: "card" }, h("h2", {}, "Pending devices"),
       pending.pending.length === 0 ? h("p", { class: "muted" }, "None: plugs that publish with a site's ingest token and no device show up here.")
         : h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Format"), h("th", {}, "Id"), h("th", {}, "Last seen"), h("th", {}, "Messages"), h("th", {}, ""))), h("tbody", {}, pending.pending.map(pendingRow))))),
-    h("section", { class: "card" }, h("h2", {}, "Sites"), siteForm, h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Id"), h("th", {}, "Name"), h("th", {}, "Zone"), h("th", {}, "TCP enrollment"), h("th", {}, "Ingest tokens"))), h("tbody", {}, sites.map(siteRow))))),
+    h("section", { class: "card" }, h("h2", {}, "Sites"), siteForm, h("div", { class: "table-wrap" }, h("table", { id: "admin-sites" }, h("thead", {}, h("tr", {}, h("th", {}, "Id"), h("th", {}, "Name"), h("th", {}, "Zone"), h("th", {}, "TCP enrollment"), h("th", {}, "Ingest tokens"))), h("tbody", {}, sites.map(siteRow))))),
     users.length
       ? h("section", { class: "card" }, h("h2", {}, "Users"), userForm, h("div", { class: "table-wrap" }, h("table", { id: "users" }, h("thead", {}, h("tr", {}, h("th", {}, "E-mail"), h("th", {}, "Role"), h("th", {}, "Sites"), h("th", {}, ""))), h("tbody", {}, users.map(userRow)))))
       : null,

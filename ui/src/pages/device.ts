@@ -26,6 +26,10 @@ export async function devicePage(app: HTMLElement, id: string, params: URLSearch
   const chartEl = h("div", { class: "chart", id: "device-chart" });
   const latestTable = h("table", { id: "latest" });
   const energyEl = h("div", { class: "chart", id: "energy-chart" });
+  // One small chart per channel (phase or circuit), under the combined one.
+  const phasesSection = h("section", { class: "card", id: "phases", hidden: true });
+  const phaseGrid = h("div", { class: "phases" });
+  let phaseCharts = new Map<string, { chart: LineChart; data: (number | null)[][] }>();
   let energyChart: LineChart | null = null;
   const quantityPicker = h("select", {
     id: "quantity",
@@ -65,6 +69,7 @@ export async function devicePage(app: HTMLElement, id: string, params: URLSearch
       h("p", { class: "muted small" }, "Drag across the chart to zoom in; Shift + drag, or one finger, to pan; pinch to zoom."),
       stats,
     ),
+    phasesSection,
     h("section", { class: "card" }, h("h2", {}, "Latest values"), h("div", { class: "table-wrap" }, latestTable)),
     h(
       "section",
@@ -181,11 +186,32 @@ export async function devicePage(app: HTMLElement, id: string, params: URLSearch
       labels.push("total");
     }
     data = aligned;
+    renderPhases(
+      results.map((r, i) => ({ label: labels[i], t: r.t, v: r.avg })),
+      results[0]?.unit ?? "",
+    );
     tier.textContent = `tier: ${results[0]?.tier ?? "raw"}`;
     tier.dataset.tier = results[0]?.tier ?? "raw";
     range.textContent = `${fmtTime(from)} – ${fmtTime(to)}`;
     draw(labels, results[0]?.unit ?? "");
     void loadStats();
+  }
+
+  function renderPhases(series: { label: string; t: number[]; v: number[] }[], unit: string): void {
+    for (const p of phaseCharts.values()) p.chart.destroy();
+    phaseCharts = new Map();
+    phasesSection.hidden = series.length < 2;
+    if (series.length < 2) return;
+    clear(phasesSection, h("h2", {}, `${quantity} per channel`), phaseGrid);
+    clear(phaseGrid);
+    for (const s of series) {
+      const el = h("div", { class: "chart small-chart", "data-channel": s.label });
+      phaseGrid.append(h("div", {}, h("div", { class: "muted small" }, s.label), el));
+      const d: (number | null)[][] = [s.t.map((t) => t / 1000), s.v];
+      const chart = lineChart(el, [s.label], d as never, { unit, height: 160 });
+      chart.plot.setScale("x", { min: from / 1000, max: to / 1000 });
+      phaseCharts.set(s.label, { chart, data: d });
+    }
   }
 
   async function loadStats(): Promise<void> {
@@ -246,6 +272,13 @@ export async function devicePage(app: HTMLElement, id: string, params: URLSearch
         from = to - PRESETS[preset];
         draw(shown, "");
         chartEl.dataset.lastValue = String(v);
+        const phase = phaseCharts.get(r.channel);
+        if (phase) {
+          phase.data = [[...phase.data[0], r.ts / 1000], [...phase.data[1], v]];
+          phase.chart.plot.setData(phase.data as never, false);
+          phase.chart.plot.setScale("x", { min: from / 1000, max: to / 1000 });
+          phase.chart.plot.root.parentElement!.dataset.lastValue = String(v);
+        }
       } else if (Date.now() - lastRefetch > 10_000) {
         lastRefetch = Date.now();
         to = Date.now();
@@ -259,5 +292,6 @@ export async function devicePage(app: HTMLElement, id: string, params: URLSearch
     close();
     chart?.destroy();
     energyChart?.destroy();
+    for (const p of phaseCharts.values()) p.chart.destroy();
   };
 }
