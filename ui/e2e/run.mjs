@@ -285,6 +285,12 @@ await test("the overview's total follows a new reading within 2 s", desktop, asy
   await page.waitForSelector(`#total-power:text('${expected}')`, { timeout: 2500 });
   const first = await page.getAttribute("#ranked tbody tr:first-child", "data-device");
   assert(first === "dev-a2", `the biggest consumer is listed first, not ${first}`);
+  // By energy today, dev-a1 (three phases since midnight) leads; dev-a2 has no counter.
+  await page.selectOption("#rank-by", "energy");
+  const byEnergy = await page.getAttribute("#ranked tbody tr:first-child", "data-device");
+  assert(byEnergy === "dev-a1", `by energy today, ${byEnergy} is first`);
+  const kwh = await page.textContent("#ranked tbody tr:first-child td:nth-child(2)");
+  assert(/^\d+\.\d\d kWh$/.test(kwh) && parseFloat(kwh) > 0, `dev-a1 today: ${kwh}`);
 });
 
 await test("shift-drag pans the history and keeps its span", desktop, async (page) => {

@@ -162,6 +162,7 @@ export interface DeviceNow {
   power_w: number | null;
   last_seen: string | null;
   online: boolean;
+  energy_today_kwh: number;
 }
 
 export interface SiteSummary {

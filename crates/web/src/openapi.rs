@@ -437,9 +437,9 @@ fn add_site_summary(doc: &mut Value) {
               "power": {"type": "object", "nullable": true, "required": ["avg", "min", "max"], "properties": {
                 "avg": {"type": "number"}, "min": {"type": "number"}, "max": {"type": "number"}}}}}}}})),
           "404": err("No such site")}))}});
-    doc["components"]["schemas"]["DeviceNow"] = json!({"type": "object", "required": ["id", "name", "power_w", "last_seen", "online"], "properties": {
+    doc["components"]["schemas"]["DeviceNow"] = json!({"type": "object", "required": ["id", "name", "power_w", "last_seen", "online", "energy_today_kwh"], "properties": {
             "id": {"type": "string"}, "name": {"type": "string"}, "power_w": {"type": "number", "nullable": true},
-            "last_seen": {"type": "string", "nullable": true}, "online": {"type": "boolean"}}});
+            "last_seen": {"type": "string", "nullable": true}, "online": {"type": "boolean"}, "energy_today_kwh": {"type": "number"}}});
 }
 
 #[cfg(test)]

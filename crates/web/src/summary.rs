@@ -44,6 +44,8 @@ pub struct DeviceNow {
     power_w: Option<f64>,
     last_seen: Option<String>,
     online: bool,
+    /// Imported energy since local midnight, to rank by consumption today.
+    energy_today_kwh: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -148,6 +150,7 @@ pub async fn site_summary(
             power_w: power,
             last_seen: availability.last_seen.map(|t| t.to_string()),
             online: availability.online,
+            energy_today_kwh: 0.0,
         });
         counted.push(series);
     }
@@ -180,7 +183,8 @@ pub async fn site_summary(
 
     let mut minutes: BTreeMap<i64, f64> = BTreeMap::new();
     let (mut today, mut month) = (0.0, 0.0);
-    for s in sums {
+    for (row, s) in rows.iter_mut().zip(sums) {
+        row.energy_today_kwh = s.today_kwh;
         today += s.today_kwh;
         month += s.month_kwh;
         for (m, w) in s.minutes {

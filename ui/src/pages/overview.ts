@@ -51,6 +51,21 @@ export async function overviewPage(app: HTMLElement, params: URLSearchParams): P
   const deviceCount = h("div", { class: "big", id: "device-count" });
   const chartEl = h("div", { class: "chart", id: "overview-chart" });
   const ranked = h("tbody");
+  let rankBy: "power" | "energy" = params.get("rank") === "energy" ? "energy" : "power";
+  const rankPicker = h(
+    "select",
+    {
+      id: "rank-by",
+      "aria-label": "Rank devices by",
+      onchange: (e: Event) => {
+        rankBy = (e.target as HTMLSelectElement).value as "power" | "energy";
+        render();
+      },
+    },
+    h("option", { value: "power", selected: rankBy === "power" }, "by power now"),
+    h("option", { value: "energy", selected: rankBy === "energy" }, "by energy today"),
+  );
+  const rankedValue = h("th", { class: "num" });
   const offlineList = h("ul", { id: "offline" });
   const rejected = h("div", { id: "rejected", class: "table-wrap" }, h("p", { class: "muted" }, "…"));
   clear(
@@ -68,11 +83,11 @@ export async function overviewPage(app: HTMLElement, params: URLSearchParams): P
     h(
       "section",
       { class: "card" },
-      h("h2", {}, "Devices by power now"),
+      h("div", { class: "row" }, h("h2", {}, "Devices"), rankPicker),
       h(
         "div",
         { class: "table-wrap" },
-        h("table", { id: "ranked" }, h("thead", {}, h("tr", {}, h("th", {}, "Device"), h("th", { class: "num" }, "Power"), h("th", {}, "Last seen"))), ranked),
+        h("table", { id: "ranked" }, h("thead", {}, h("tr", {}, h("th", {}, "Device"), rankedValue, h("th", {}, "Last seen"))), ranked),
       ),
     ),
     h("section", { class: "card" }, h("h2", {}, "Offline"), offlineList),
@@ -92,13 +107,25 @@ export async function overviewPage(app: HTMLElement, params: URLSearchParams): P
     deviceCount.textContent = String(summary.devices);
     energyToday.textContent = `${fmtNum(summary.energy_today_kwh, 2)} kWh`;
     energyMonth.textContent = `${fmtNum(summary.energy_month_kwh, 1)} kWh`;
-    const sorted = [...online.values()].sort((a, b) => (b.power_w ?? -Infinity) - (a.power_w ?? -Infinity));
+    // By power: the online devices. By energy: every device, since one that went offline at
+    // noon still used what it used this morning.
+    const byEnergy = rankBy === "energy";
+    rankedValue.textContent = byEnergy ? "Today" : "Power";
+    const candidates = byEnergy ? [...online.values(), ...offline.values()] : [...online.values()];
+    const key = (d: DeviceNow) => (byEnergy ? d.energy_today_kwh : (d.power_w ?? -Infinity));
+    const sorted = candidates.sort((a, b) => key(b) - key(a));
     clear(
       ranked,
       sorted.length === 0
-        ? h("tr", {}, h("td", { colspan: 3, class: "muted" }, "No device online"))
+        ? h("tr", {}, h("td", { colspan: 3, class: "muted" }, byEnergy ? "No device" : "No device online"))
         : sorted.slice(0, RANKED).map((d) =>
-            h("tr", { "data-device": d.id }, h("td", {}, link(d)), h("td", { class: "num" }, fmtPower(d.power_w)), h("td", {}, ago(d.last_seen))),
+            h(
+              "tr",
+              { "data-device": d.id },
+              h("td", {}, link(d)),
+              h("td", { class: "num" }, byEnergy ? `${fmtNum(d.energy_today_kwh, 2)} kWh` : fmtPower(d.power_w)),
+              h("td", {}, ago(d.last_seen)),
+            ),
           ),
     );
     const off = [...offline.values()];
@@ -158,6 +185,7 @@ export async function overviewPage(app: HTMLElement, params: URLSearchParams): P
         power_w: r.power_w,
         last_seen: r.ts === null ? (known?.last_seen ?? null) : new Date(r.ts).toISOString(),
         online: true,
+        energy_today_kwh: known?.energy_today_kwh ?? 0,
       });
     }
     dirty = true;

@@ -210,6 +210,10 @@ fn site_summary_adds_up_the_site_in_its_zone() {
         .map(|d| (d["id"].as_str().unwrap(), d["power_w"].as_f64().unwrap()))
         .collect();
     assert_eq!(top, [("p3", 600.0), ("m1", 50.0)], "{v}");
+    assert!(
+        approx(v["top"][1]["energy_today_kwh"].as_f64().unwrap(), 3.5),
+        "{v}"
+    );
     assert_eq!(v["offline_count"], 1);
     assert_eq!(v["offline"][0]["id"], "m2");
     assert!(v["offline"][0]["last_seen"].is_string());
