@@ -149,8 +149,11 @@ export function live(
   onReading: (r: LiveReading) => void,
   onLagged?: () => void,
 ): () => void {
-  const es = new EventSource(`/api/v1/live?${query}`);
-  es.addEventListener("reading", (e) => onReading(JSON.parse((e as MessageEvent).data)));
+  // One event per commit, holding this stream's readings of it.
+  const es = new EventSource(`/api/v1/live?${query}&batch=1`);
+  es.addEventListener("readings", (e) => {
+    for (const r of JSON.parse((e as MessageEvent).data) as LiveReading[]) onReading(r);
+  });
   if (onLagged) es.addEventListener("lagged", onLagged);
   return () => es.close();
 }

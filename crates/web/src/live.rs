@@ -134,30 +134,43 @@ fn reading_json(r: &Reading) -> String {
 struct LiveQuery {
     devices: Vec<DeviceId>,
     site: Option<SiteId>,
-    /// Send, once a second, the power now of each device that sent something, instead of
-    /// every reading.
-    latest: bool,
+    mode: Mode,
 }
 
-/// Parses `device=a&device=b`, `device=a,b`, `site=s` and `latest=1`.
+/// How a stream sends what it carries.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+enum Mode {
+    /// An event `reading` per reading.
+    #[default]
+    Each,
+    /// `batch=1`: an event `readings` per commit, with the commit's readings for this stream
+    /// as an array: a device page at a busy meter gets one event per commit, not hundreds.
+    Batch,
+    /// `latest=1`: once a second, the power now of each device that sent something.
+    Latest,
+}
+
+/// `1`/`true` or `0`/`false`.
+fn flag(name: &str, v: &str) -> ApiResult<bool> {
+    match v {
+        "1" | "true" => Ok(true),
+        "0" | "false" => Ok(false),
+        _ => Err(ApiError::bad_request(
+            "bad_query",
+            format!("{name} must be 1 or 0, not {v:?}"),
+        )),
+    }
+}
+
+/// Parses `device=a&device=b`, `device=a,b`, `site=s`, `batch=1` and `latest=1`.
 fn parse_query(query: Option<&str>) -> ApiResult<LiveQuery> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
         .map_err(|e| ApiError::bad_request("bad_query", e.to_string()))?;
-    let (mut devices, mut site, mut latest) = (Vec::new(), None, false);
+    let (mut devices, mut site, mut latest, mut batch) = (Vec::new(), None, false, false);
     for (k, v) in pairs {
         match k.as_str() {
-            "latest" => {
-                latest = match v.as_str() {
-                    "1" | "true" => true,
-                    "0" | "false" => false,
-                    _ => {
-                        return Err(ApiError::bad_request(
-                            "bad_query",
-                            format!("latest must be 1 or 0, not {v:?}"),
-                        ))
-                    }
-                }
-            }
+            "latest" => latest = flag("latest", &v)?,
+            "batch" => batch = flag("batch", &v)?,
             "device" => {
                 for id in v.split(',').filter(|s| !s.is_empty()) {
                     devices.push(
@@ -186,10 +199,21 @@ fn parse_query(query: Option<&str>) -> ApiResult<LiveQuery> {
             format!("at most {MAX_DEVICES} devices per stream; use site= for more"),
         ));
     }
+    let mode = match (latest, batch) {
+        (true, true) => {
+            return Err(ApiError::bad_request(
+                "bad_query",
+                "latest=1 and batch=1 do not go together",
+            ))
+        }
+        (true, false) => Mode::Latest,
+        (false, true) => Mode::Batch,
+        (false, false) => Mode::Each,
+    };
     Ok(LiveQuery {
         devices,
         site,
-        latest,
+        mode,
     })
 }
 
@@ -225,7 +249,7 @@ pub async fn live(
         headers,
         query_password: query_password(query.as_deref()),
     };
-    let stream = events(state, rx, filter, credentials, asked.latest);
+    let stream = events(state, rx, filter, credentials, asked.mode);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response())
@@ -254,6 +278,8 @@ struct StreamState {
     recheck: tokio::time::Interval,
     /// `latest=1`: what to send once a second instead of every reading.
     coalesced: Option<Coalesced>,
+    /// `batch=1`: one event per commit.
+    batch: bool,
 }
 
 struct Coalesced {
@@ -309,11 +335,11 @@ fn events(
     rx: tokio::sync::broadcast::Receiver<LiveBatch>,
     filter: Filter,
     credentials: Credentials,
-    latest: bool,
+    mode: Mode,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let coalesced = latest.then(|| {
+    let coalesced = (mode == Mode::Latest).then(|| {
         let mut every = tokio::time::interval(LATEST_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Coalesced {
@@ -328,6 +354,7 @@ fn events(
         credentials,
         recheck,
         coalesced,
+        batch: mode == Mode::Batch,
     };
     // Ends when the engine closes the channel (shutdown) or the caller loses access;
     // otherwise lives as long as the client stays connected, which axum notices on the next
@@ -348,6 +375,21 @@ fn events(
                                 }
                             }
                             Vec::new()
+                        }
+                        None if s.batch => {
+                            let mut data = String::from("[");
+                            for r in devices.into_iter().flat_map(|d| commit.of_device(d)) {
+                                if data.len() > 1 {
+                                    data.push(',');
+                                }
+                                data.push_str(&reading_json(r));
+                            }
+                            data.push(']');
+                            if data.len() > 2 {
+                                vec![Event::default().event("readings").data(data)]
+                            } else {
+                                Vec::new()
+                            }
                         }
                         None => devices
                             .into_iter()
@@ -392,11 +434,16 @@ mod tests {
         let ids: Vec<&str> = q.devices.iter().map(|d| d.as_str()).collect();
         assert_eq!(ids, ["a", "b", "c"]);
         assert!(q.site.is_none());
-        assert!(!q.latest);
+        assert_eq!(q.mode, Mode::Each);
         let q = parse_query(Some("site=home&latest=1")).unwrap();
         assert!(q.devices.is_empty());
         assert_eq!(q.site.unwrap().as_str(), "home");
-        assert!(q.latest);
+        assert_eq!(q.mode, Mode::Latest);
+        assert_eq!(
+            parse_query(Some("device=a&batch=1")).unwrap().mode,
+            Mode::Batch
+        );
+        assert!(parse_query(Some("device=a&batch=1&latest=1")).is_err());
         assert!(parse_query(Some("site=a&device=b")).is_err());
         assert!(parse_query(Some("device=bad%20id")).is_err());
         assert!(parse_query(Some("latest=yes")).is_err());

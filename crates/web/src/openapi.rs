@@ -270,13 +270,16 @@ fn add_live(doc: &mut Value) {
           instead of every reading, once a second an event `latest` with data \
           `[{\"device\", \"ts\", \"power_w\"}]`: the power now of each device that sent \
           something in that second, counted as the site summary counts it (a dashboard of a \
-          thousand meters). The caller's access is checked again every 10 s; losing it ends \
-          the stream.",
+          thousand meters). With `batch=1`, one event `readings` per commit whose data is the \
+          array of that commit's readings for the stream (what the dashboard's device page \
+          opens). The caller's access is checked again every 10 s; losing it ends the stream.",
         "parameters": [
             query("device", "Device ids: repeat the parameter or separate with commas",
                 json!({"type": "array", "items": {"type": "string"}, "maxItems": 1000})),
             query("site", "Every device of this site (not with device)", json!({"type": "string"})),
             query("latest", "1: each changed device's power once a second instead of every reading",
+                json!({"type": "string", "enum": ["0", "1", "true", "false"]})),
+            query("batch", "1: one event `readings` per commit, its readings as an array (not with latest)",
                 json!({"type": "string", "enum": ["0", "1", "true", "false"]}))],
         "responses": admin_errors(json!({
             "200": {"description": "The event stream; it ends when the server shuts down",

@@ -180,3 +180,47 @@ fn a_latest_stream_sends_each_devices_power_once_a_second() {
     );
     assert_eq!((r.status, r.code().as_str()), (400, "bad_query"));
 }
+
+/// `batch=1` (the device page's stream): one event per commit, holding that commit's readings
+/// of the stream's devices in order.
+#[test]
+fn a_batch_stream_sends_one_event_per_commit() {
+    let s = TestServer::start();
+    s.create_device("dev-a", None);
+    s.create_device("dev-b", None);
+    let auth = format!("Token {ADMIN}");
+    let mut stream = s.open_stream(
+        "/api/v1/live?device=dev-a&batch=1",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(stream.status, 200);
+    let now = now_s();
+    let lines: String = (0..50)
+        .map(|k| {
+            format!(
+                "m,device=dev-a power={k} {}\nm,device=dev-b power=1 {}\n",
+                now - 50 + k,
+                now - 50 + k
+            )
+        })
+        .collect();
+    s.write_lp(&lines);
+    let (name, data) = stream
+        .next_event(Duration::from_secs(2))
+        .expect("an event within 2 s");
+    assert_eq!(name, "readings");
+    let v: Value = serde_json::from_str(&data).unwrap();
+    let powers: Vec<f64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["device"], "dev-a", "{r}");
+            r["values"]["power"].as_f64().unwrap()
+        })
+        .collect();
+    assert_eq!(powers, (0..50).map(f64::from).collect::<Vec<_>>());
+    // A commit with nothing for this stream sends nothing.
+    s.write_lp(&format!("m,device=dev-b power=2 {now}"));
+    assert!(stream.next_event(Duration::from_millis(800)).is_none());
+}
