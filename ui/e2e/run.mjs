@@ -165,6 +165,11 @@ await test("history presets and zoom fetch coarser and finer tiers", desktop, as
   const tier = () => page.getAttribute("#tier", "data-tier");
   const first = await tier();
   assert(first === "raw", `1h starts at ${first}`);
+  // avg/min/max of power, voltage and current for the visible range, per phase.
+  await page.waitForSelector("#stats tr[data-channel=L2][data-quantity=voltage]");
+  const volts = await page.$$eval("#stats tr[data-channel=L2][data-quantity=voltage] td.num", (tds) => tds.map((t) => t.textContent).join());
+  assert(volts === "230.0,230.0,230.0", `L2 voltage avg,min,max: ${volts}`);
+  assert((await page.$("#stats tr[data-channel=L3][data-quantity=power]")) !== null, "L3 power statistics");
   const seen = [];
   page.on("request", (r) => r.url().includes("/series?") && seen.push(r.url()));
   await page.click("button[data-preset='30d']");

@@ -22,7 +22,7 @@ export async function devicePage(app: HTMLElement, id: string, params: URLSearch
 
   const tier = h("span", { id: "tier", class: "badge" });
   const range = h("span", { id: "range", class: "muted" });
-  const stats = h("div", { id: "stats", class: "cards" });
+  const stats = h("div", { id: "stats" });
   const chartEl = h("div", { class: "chart", id: "device-chart" });
   const latestTable = h("table", { id: "latest" });
   const energyEl = h("div", { class: "chart", id: "energy-chart" });
@@ -214,21 +214,42 @@ export async function devicePage(app: HTMLElement, id: string, params: URLSearch
     }
   }
 
+  /** avg/min/max over the visible range: power, voltage and current (and the charted
+   *  quantity, if another) for every channel. */
   async function loadStats(): Promise<void> {
     const s = await get<{ channels: Record<string, Record<string, { avg: number; min: number; max: number }>> }>(
       `/api/v1/devices/${encodeURIComponent(id)}/stats?${qs({ from, to })}`,
     );
+    const shownQuantities = Array.from(new Set(["power", "voltage", "current", quantity]));
+    const rows = Object.entries(s.channels).flatMap(([c, v]) =>
+      shownQuantities
+        .filter((q) => v[q])
+        .map((q) =>
+          h(
+            "tr",
+            { "data-channel": c, "data-quantity": q },
+            h("td", {}, c),
+            h("td", {}, q),
+            h("td", { class: "num" }, fmtNum(v[q].avg, 1)),
+            h("td", { class: "num" }, fmtNum(v[q].min, 1)),
+            h("td", { class: "num" }, fmtNum(v[q].max, 1)),
+          ),
+        ),
+    );
     clear(
       stats,
-      Object.entries(s.channels).map(([c, v]) => {
-        const q = v[quantity];
-        return h(
-          "div",
-          { class: "card small", "data-channel": c },
-          h("div", { class: "muted" }, `${c} ${quantity}`),
-          q ? h("div", {}, `avg ${fmtNum(q.avg, 1)} · min ${fmtNum(q.min, 1)} · max ${fmtNum(q.max, 1)}`) : h("div", { class: "muted" }, "no data"),
-        );
-      }),
+      rows.length === 0
+        ? h("p", { class: "muted" }, "No readings in this range.")
+        : h(
+            "div",
+            { class: "table-wrap" },
+            h(
+              "table",
+              {},
+              h("thead", {}, h("tr", {}, ["Channel", "Quantity"].map((t) => h("th", {}, t)), ["avg", "min", "max"].map((t) => h("th", { class: "num" }, t)))),
+              h("tbody", {}, rows),
+            ),
+          ),
     );
   }
 
