@@ -290,6 +290,15 @@ await test("the overview's total follows a new reading within 2 s", desktop, asy
   await page.waitForSelector(`#total-power:text('${expected}')`, { timeout: 2500 });
   const first = await page.getAttribute("#ranked tbody tr:first-child", "data-device");
   assert(first === "dev-a2", `the biggest consumer is listed first, not ${first}`);
+  // Zooming the last-hour chart holds it on the chosen range until "Follow live".
+  const over = await page.locator("#overview-chart .u-over").boundingBox();
+  await page.mouse.move(over.x + over.width * 0.2, over.y + over.height / 2);
+  await page.mouse.down();
+  await page.mouse.move(over.x + over.width * 0.5, over.y + over.height / 2, { steps: 4 });
+  await page.mouse.up();
+  await page.waitForSelector("#follow-live:visible");
+  await page.click("#follow-live");
+  await page.waitForSelector("#follow-live", { state: "hidden" });
   // By energy today, dev-a1 (three phases since midnight) leads; dev-a2 has no counter.
   await page.selectOption("#rank-by", "energy");
   const byEnergy = await page.getAttribute("#ranked tbody tr:first-child", "data-device");
@@ -367,6 +376,15 @@ await test("a customer lands on their meter: history, cumulative kWh, live power
   await page.waitForTimeout(500);
   await writeReading({ device: "dev-c1", ts: Date.now(), power: 1234 });
   await page.waitForSelector("#meter-power:text('1.23 kW')", { timeout: 2000 });
+  // Zooming the power chart into a day and a half fetches hours instead of days.
+  const tierBefore = await page.getAttribute("#meter-chart", "data-tier");
+  assert(tierBefore === "1d", `30 days on a phone come per ${tierBefore}`);
+  const over = await page.locator("#meter-chart .u-over").boundingBox();
+  await page.mouse.move(over.x + over.width * 0.9, over.y + over.height / 2);
+  await page.mouse.down();
+  await page.mouse.move(over.x + over.width * 0.95, over.y + over.height / 2, { steps: 4 });
+  await page.mouse.up();
+  await page.waitForFunction(() => document.querySelector("#meter-chart")?.dataset.tier === "1h");
   // Other periods bucket the same meter differently.
   await page.click("button[data-period='24h']");
   await page.waitForSelector("#bars-title:text('per hour')");

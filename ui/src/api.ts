@@ -143,17 +143,15 @@ export interface LiveReading {
   values: Record<string, number>;
 }
 
-/** Subscribes to live readings; returns a function that closes the stream. */
+/** Subscribes to live readings, handed over a commit at a time (so a page redraws once per
+ *  commit, not once per reading); returns a function that closes the stream. */
 export function live(
   query: string,
-  onReading: (r: LiveReading) => void,
+  onReadings: (rs: LiveReading[]) => void,
   onLagged?: () => void,
 ): () => void {
-  // One event per commit, holding this stream's readings of it.
   const es = new EventSource(`/api/v1/live?${query}&batch=1`);
-  es.addEventListener("readings", (e) => {
-    for (const r of JSON.parse((e as MessageEvent).data) as LiveReading[]) onReading(r);
-  });
+  es.addEventListener("readings", (e) => onReadings(JSON.parse((e as MessageEvent).data) as LiveReading[]));
   if (onLagged) es.addEventListener("lagged", onLagged);
   return () => es.close();
 }

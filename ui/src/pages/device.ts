@@ -276,31 +276,49 @@ export async function devicePage(app: HTMLElement, id: string, params: URLSearch
   let lastRefetch = Date.now();
   const close = live(
     `device=${encodeURIComponent(id)}`,
-    (r) => {
-      const isNew = !(r.channel in latest);
-      latest[r.channel] = { ...(latest[r.channel] ?? {}), ...r.values, ts: new Date(r.ts).toISOString() };
+    (readings) => {
+      let newChannel = false;
+      let appended = false;
+      let refetch = false;
+      let lastValue: number | null = null;
+      const cols = data.map((c) => [...c]);
+      const phaseAdds = new Map<string, [number, number][]>();
+      for (const r of readings) {
+        newChannel ||= !(r.channel in latest);
+        latest[r.channel] = { ...(latest[r.channel] ?? {}), ...r.values, ts: new Date(r.ts).toISOString() };
+        if (!follow || newChannel) continue;
+        const col = shown.indexOf(r.channel) + 1;
+        const v = r.values[quantity];
+        if (tier.dataset.tier === "raw" && col > 0 && typeof v === "number") {
+          cols.forEach((c, i) => c.push(i === 0 ? r.ts / 1000 : i === col ? v : null));
+          phaseAdds.set(r.channel, [...(phaseAdds.get(r.channel) ?? []), [r.ts / 1000, v]]);
+          to = Math.max(to, Date.now(), r.ts + 1);
+          lastValue = v;
+          appended = true;
+        } else {
+          refetch = true;
+        }
+      }
       renderLatest();
-      if (isNew) {
+      if (newChannel) {
         void load();
         return;
       }
-      if (!follow) return;
-      const col = shown.indexOf(r.channel) + 1;
-      const v = r.values[quantity];
-      if (tier.dataset.tier === "raw" && col > 0 && typeof v === "number") {
-        data = data.map((c, i) => [...c, i === 0 ? r.ts / 1000 : i === col ? v : null]);
-        to = Math.max(Date.now(), r.ts + 1);
+      if (appended) {
+        data = cols;
         from = to - PRESETS[preset];
         draw(shown, "");
-        chartEl.dataset.lastValue = String(v);
-        const phase = phaseCharts.get(r.channel);
-        if (phase) {
-          phase.data = [[...phase.data[0], r.ts / 1000], [...phase.data[1], v]];
+        chartEl.dataset.lastValue = String(lastValue);
+        for (const [channel, adds] of phaseAdds) {
+          const phase = phaseCharts.get(channel);
+          if (!phase) continue;
+          phase.data = [[...phase.data[0], ...adds.map(([t]) => t)], [...phase.data[1], ...adds.map(([, v]) => v)]];
           phase.chart.plot.setData(phase.data as never, false);
           phase.chart.plot.setScale("x", { min: from / 1000, max: to / 1000 });
-          phase.chart.plot.root.parentElement!.dataset.lastValue = String(v);
+          phase.chart.plot.root.parentElement!.dataset.lastValue = String(adds[adds.length - 1][1]);
         }
-      } else if (Date.now() - lastRefetch > 10_000) {
+      } else if (refetch && Date.now() - lastRefetch > 10_000) {
+        // Coarser tiers refetch at most every 10 s.
         lastRefetch = Date.now();
         to = Date.now();
         from = to - PRESETS[preset];

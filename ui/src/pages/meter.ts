@@ -66,7 +66,7 @@ export async function meterPage(app: HTMLElement, id: string, params: URLSearchP
       h("div", { class: "card" }, h("div", { class: "muted" }, "This month"), monthEl),
       h("div", { class: "card" }, periodLabel, periodEl),
     ),
-    h("section", { class: "card" }, h("div", { class: "row wrap" }, h("div", { class: "presets" }, buttons)), h("h2", {}, "Power"), historyEl),
+    h("section", { class: "card" }, h("div", { class: "row wrap" }, h("div", { class: "presets" }, buttons)), h("h2", {}, "Power"), historyEl, h("p", { class: "muted small" }, "Drag or pinch the chart to zoom; Shift + drag or one finger to pan.")),
     h("section", { class: "card" }, barsTitle, barsEl),
     h("section", { class: "card" }, h("h2", {}, "Cumulative consumption"), cumulativeEl),
     h("p", { class: "muted small" }, h("a", { href: `#/device/${encodeURIComponent(id)}` }, "All details of this meter")),
@@ -98,6 +98,34 @@ export async function meterPage(app: HTMLElement, id: string, params: URLSearchP
     monthEl.textContent = `${fmtNum(month, 1)} kWh`;
   };
 
+  /** The meter's power over [from, to] at the tier that fits the chart: its counted channels
+   *  added up where all of them have a value. Zooming or panning the chart comes back here. */
+  async function loadPower(from: number, to: number, mine: number): Promise<void> {
+    const channels = counted().length ? counted() : [undefined];
+    const maxPoints = Math.max(100, Math.min(width(historyEl), 2000));
+    const series = await Promise.all(
+      channels.map((c) =>
+        get<Series>(`/api/v1/devices/${encodeURIComponent(id)}/series?${qs({ channel: c, from, to, max_points: maxPoints })}`),
+      ),
+    );
+    if (mine !== seq) return;
+    const aligned = align(series.map((s) => ({ t: s.t, v: s.avg }))) as (number | null)[][];
+    const sum = aligned[0].map((_, i) => {
+      const vs = aligned.slice(1).map((col) => col[i]);
+      return vs.every((v) => v !== null) ? vs.reduce((a, v) => a! + v!, 0) : null;
+    });
+    powerChart?.destroy();
+    powerChart = lineChart(historyEl, ["Power"], [aligned[0], sum] as never, {
+      unit: "W",
+      onRange: (min, max) => {
+        const end = Math.min(Math.round(max), Date.now());
+        void loadPower(end - Math.max(1000, Math.round(max - min)), end, ++seq);
+      },
+    });
+    powerChart.plot.setScale("x", { min: from / 1000, max: to / 1000 });
+    historyEl.dataset.tier = series[0]?.tier ?? "raw";
+  }
+
   async function show(p: string): Promise<void> {
     period = p;
     const mine = ++seq;
@@ -105,28 +133,11 @@ export async function meterPage(app: HTMLElement, id: string, params: URLSearchP
     for (const b of buttons) b.classList.toggle("active", b.dataset.period === p);
     const to = Date.now();
     const from = to - ms;
-    const channels = counted().length ? counted() : [undefined];
-    const maxPoints = Math.max(100, Math.min(width(historyEl), 2000));
-    const [series, energy] = await Promise.all([
-      Promise.all(
-        channels.map((c) =>
-          get<Series>(`/api/v1/devices/${encodeURIComponent(id)}/series?${qs({ channel: c, from, to, max_points: maxPoints })}`),
-        ),
-      ),
+    const [, energy] = await Promise.all([
+      loadPower(from, to, mine),
       get<Energy>(`/api/v1/devices/${encodeURIComponent(id)}/energy?${qs({ interval, from, to })}`),
     ]);
     if (mine !== seq) return;
-    // The meter's power: its counted channels added up where all of them have a value.
-    const aligned = align(series.map((s) => ({ t: s.t, v: s.avg }))) as (number | null)[][];
-    const sum = aligned[0].map((_, i) => {
-      const vs = aligned.slice(1).map((col) => col[i]);
-      return vs.every((v) => v !== null) ? vs.reduce((a, v) => a! + v!, 0) : null;
-    });
-    powerChart?.destroy();
-    powerChart = lineChart(historyEl, ["Power"], [aligned[0], sum] as never, { unit: "W" });
-    powerChart.plot.setScale("x", { min: from / 1000, max: to / 1000 });
-    historyEl.dataset.tier = series[0]?.tier ?? "raw";
-
     const t = energy.buckets.map((b) => b.t / 1000);
     const kwh = energy.buckets.map((b) => b.import_kwh);
     // The running total at the end of each bucket: from zero at the first bucket's start to
@@ -146,9 +157,11 @@ export async function meterPage(app: HTMLElement, id: string, params: URLSearchP
 
   await Promise.all([show(period), loadTotals()]);
   const totals = setInterval(() => void loadTotals().catch(() => undefined), 60_000);
-  const close = live(`device=${encodeURIComponent(id)}`, (r) => {
-    if (typeof r.values.power === "number") power.set(r.channel, r.values.power);
-    device.latest = { ...(device.latest ?? {}), [r.channel]: { ...(device.latest?.[r.channel] ?? {}), ...r.values, ts: new Date(r.ts).toISOString() } };
+  const close = live(`device=${encodeURIComponent(id)}`, (readings) => {
+    for (const r of readings) {
+      if (typeof r.values.power === "number") power.set(r.channel, r.values.power);
+      device.latest = { ...(device.latest ?? {}), [r.channel]: { ...(device.latest?.[r.channel] ?? {}), ...r.values, ts: new Date(r.ts).toISOString() } };
+    }
     renderNow();
   });
   return () => {

@@ -145,7 +145,19 @@ export async function overviewPage(app: HTMLElement, params: URLSearchParams): P
   // The chart: the server's per-minute history, then the live total once a second.
   const times: number[] = summary.history.t.map((t) => t / 1000);
   const values: number[] = [...summary.history.power_w];
-  let chart: LineChart | null = lineChart(chartEl, ["Total"], [[], []], { unit: "W" });
+  // Zooming or panning holds the chart still on that range (the data is all here) until
+  // "Follow live" lets it slide with the clock again.
+  let held: [number, number] | null = null;
+  const followButton = h("button", { id: "follow-live", hidden: true, onclick: () => ((held = null), (followButton.hidden = true), redraw()) }, "Follow live");
+  chartEl.before(h("div", { class: "row" }, followButton));
+  let chart: LineChart | null = lineChart(chartEl, ["Total"], [[], []], {
+    unit: "W",
+    onRange: (min, max) => {
+      held = [min / 1000, max / 1000];
+      followButton.hidden = false;
+      redraw();
+    },
+  });
   const redraw = () => {
     const now = Date.now();
     while (times.length && times[0] < (now - WINDOW_MS) / 1000) {
@@ -153,7 +165,8 @@ export async function overviewPage(app: HTMLElement, params: URLSearchParams): P
       values.shift();
     }
     chart?.plot.setData([times, values], false);
-    chart?.plot.setScale("x", { min: (now - WINDOW_MS) / 1000, max: now / 1000 });
+    const [min, max] = held ?? [(now - WINDOW_MS) / 1000, now / 1000];
+    chart?.plot.setScale("x", { min, max });
   };
   redraw();
   let dirty = false;
