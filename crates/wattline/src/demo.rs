@@ -13,6 +13,9 @@ use wattline_simulator::{Config as SimConfig, Kind, ProfileChoice, Protocol};
 
 use crate::config::Config;
 
+/// The demo's dashboard account: an administrator, so every page of the dashboard shows.
+const DEMO_EMAIL: &str = "demo@example.com";
+
 /// Which addresses the user chose; those are kept even when taken (and fail like `serve`).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Chosen {
@@ -117,6 +120,74 @@ fn open_enrollment(http: &str, token: &str, site: &str, tz: &str) -> anyhow::Res
     Ok(())
 }
 
+/// Makes sure the demo's dashboard account exists and its password is in
+/// `<data_dir>/demo-password` (mode 600); returns that file. A later demo on the same data
+/// keeps the password; if the file was removed, the password is reset and written again.
+fn ensure_demo_user(
+    http: &str,
+    token: &str,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<std::path::PathBuf> {
+    let path = data_dir.join("demo-password");
+    if path.exists() {
+        return Ok(path);
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let auth = format!("Token {token}");
+    // Not "demo_…": a password may not contain the e-mail's name part.
+    let password = wattline_web::auth::new_token("wlp");
+    let body = serde_json::json!({"email": DEMO_EMAIL, "password": password, "role": "admin"});
+    let mut created = agent
+        .post(&format!("http://{http}/api/v1/users"))
+        .header("Authorization", &auth)
+        .send(body.to_string().as_bytes())?;
+    match created.status().as_u16() {
+        201 => {}
+        409 => {
+            let users: serde_json::Value = serde_json::from_str(
+                &agent
+                    .get(&format!("http://{http}/api/v1/users"))
+                    .header("Authorization", &auth)
+                    .call()?
+                    .body_mut()
+                    .read_to_string()?,
+            )?;
+            let id = users
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|u| u["email"] == DEMO_EMAIL)
+                .and_then(|u| u["id"].as_str())
+                .context("the demo user exists but is not listed")?
+                .to_owned();
+            let status = agent
+                .patch(&format!("http://{http}/api/v1/users/{id}"))
+                .header("Authorization", &auth)
+                .send(
+                    serde_json::json!({"password": password})
+                        .to_string()
+                        .as_bytes(),
+                )?
+                .status()
+                .as_u16();
+            anyhow::ensure!(
+                status == 200,
+                "resetting the demo user's password: HTTP {status}"
+            );
+        }
+        status => anyhow::bail!(
+            "creating the demo user: HTTP {status}: {}",
+            created.body_mut().read_to_string().unwrap_or_default()
+        ),
+    }
+    crate::serve::write_private(&path, &password)?;
+    Ok(path)
+}
+
 fn simulation(
     config: &Config,
     token: &str,
@@ -155,6 +226,10 @@ pub async fn run(config: Config, token: String) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || open_enrollment(&http, &token, farm_site, &tz))
             .await??;
     }
+    let password_file = {
+        let (http, token, dir) = (http.clone(), token.clone(), config.data_dir.clone());
+        tokio::task::spawn_blocking(move || ensure_demo_user(&http, &token, &dir)).await??
+    };
     let mut sims = Vec::new();
     let mut groups = vec![
         simulation(
@@ -198,9 +273,11 @@ pub async fn run(config: Config, token: String) -> anyhow::Result<()> {
     }
     let token_file = config.data_dir.join("admin-token");
     println!(
-        "\nWattline demo is running.\n  API and dashboard: http://{http}/\n  MQTT broker:       mqtt://{}\n  socket meters:     tcp://{}\n  sign in with the admin token in {} (curl -H \"Authorization: Token $(cat {})\" http://{http}/api/v1/devices)\n  simulated: a home (4 meters over MQTT), a three-phase building (HTTP), a mining farm (3 socket meters, TCP enrollment open)\n  Ctrl-C stops it.\n",
+        "\nWattline demo is running.\n  API and dashboard: http://{http}/\n  MQTT broker:       mqtt://{}\n  socket meters:     tcp://{}\n  dashboard login:   {DEMO_EMAIL}, password in {} (cat {})\n  API:               the admin token in {} (curl -H \"Authorization: Token $(cat {})\" http://{http}/api/v1/devices)\n  simulated: a home (4 meters over MQTT), a three-phase building (HTTP), a mining farm (3 socket meters, TCP enrollment open)\n  Ctrl-C stops it.\n",
         local(&config.mqtt),
         local(&config.tcp),
+        password_file.display(),
+        password_file.display(),
         token_file.display(),
         token_file.display(),
     );

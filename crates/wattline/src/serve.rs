@@ -85,7 +85,8 @@ pub fn admin_token(config: &Config) -> anyhow::Result<String> {
     Ok(token)
 }
 
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+/// Creates `path` readable by its owner only; fails when it exists.
+pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

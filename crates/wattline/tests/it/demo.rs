@@ -28,10 +28,19 @@ fn demo_starts_a_server_with_a_live_simulated_site() {
         .spawn()
         .expect("run wattline demo");
     let stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut http = None;
+    let (mut http, mut login) = (None, None);
     for line in stdout.lines().map_while(Result::ok) {
         if let Some(rest) = line.split("API and dashboard: http://").nth(1) {
             http = Some(rest.trim_end_matches('/').to_owned());
+        }
+        // "dashboard login:   EMAIL, password in FILE (cat FILE)"
+        if let Some(rest) = line.split("dashboard login:").nth(1) {
+            let (email, file) = rest
+                .trim()
+                .split_once(", password in ")
+                .expect("email and file");
+            let file = file.split(" (").next().unwrap();
+            login = Some((email.to_owned(), std::path::PathBuf::from(file)));
         }
         if line.contains("Ctrl-C stops it") {
             break;
@@ -43,6 +52,29 @@ fn demo_starts_a_server_with_a_live_simulated_site() {
         .http_status_as_error(false)
         .build()
         .into();
+    // A newcomer can log in to the dashboard with what the banner says, and the password
+    // file is the owner's alone.
+    let (email, file) = login.expect("the demo prints how to log in to the dashboard");
+    assert!(file.starts_with(dir.path()), "{}", file.display());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+    }
+    let password = std::fs::read_to_string(&file).unwrap();
+    let status = agent
+        .post(&format!("http://{http}/api/v1/auth/login"))
+        .header("Content-Type", "application/json")
+        .send(
+            serde_json::json!({"email": email, "password": password})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(status, 200, "logging in as {email}");
     let deadline = Instant::now() + Duration::from_secs(60);
     let live = loop {
         let devices: serde_json::Value = agent
