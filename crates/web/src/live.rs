@@ -18,7 +18,7 @@ use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
 use wattline_domain::{DeviceId, Principal, Quantity, Reading, SiteId};
-use wattline_ingest::live::LiveCommit;
+use wattline_ingest::live::DeviceIndex;
 use wattline_ingest::{LiveBatch, Registry, RegistryView};
 
 use crate::auth::Caller;
@@ -84,14 +84,11 @@ impl Filter {
     fn devices_in<'c>(
         &'c self,
         registry: &RegistryView<'_>,
-        commit: &'c LiveCommit,
+        index: &'c DeviceIndex,
     ) -> Vec<&'c DeviceId> {
         match self {
-            Filter::Devices(set) => set
-                .iter()
-                .filter(|d| commit.of_device(d).next().is_some())
-                .collect(),
-            _ => commit
+            Filter::Devices(set) => set.iter().filter(|d| index.contains(d)).collect(),
+            _ => index
                 .devices()
                 .filter(|d| self.wants_device(registry, d))
                 .collect(),
@@ -99,8 +96,6 @@ impl Filter {
     }
 }
 
-/// `{"device","channel","ts","values":{…}}`, serialized straight from the reading: a device
-/// page at a busy meter gets thousands of these a second.
 fn reading_json(r: &Reading) -> String {
     struct Values<'a>(&'a wattline_domain::Values);
     impl serde::Serialize for Values<'_> {
@@ -363,9 +358,10 @@ fn events(
         let events: Vec<Event> = tokio::select! {
             received = s.rx.recv() => match received {
                 Ok(commit) => {
+                    let index = commit.index().await;
                     let devices = {
                         let registry = s.state.engine.registry().view();
-                        s.filter.devices_in(&registry, &commit)
+                        s.filter.devices_in(&registry, index)
                     };
                     match &mut s.coalesced {
                         Some(c) => {
@@ -378,7 +374,7 @@ fn events(
                         }
                         None if s.batch => {
                             let mut data = String::from("[");
-                            for r in devices.into_iter().flat_map(|d| commit.of_device(d)) {
+                            for r in devices.into_iter().flat_map(|d| commit.of_device(index, d)) {
                                 if data.len() > 1 {
                                     data.push(',');
                                 }
@@ -393,7 +389,7 @@ fn events(
                         }
                         None => devices
                             .into_iter()
-                            .flat_map(|d| commit.of_device(d))
+                            .flat_map(|d| commit.of_device(index, d))
                             .map(|r| Event::default().event("reading").data(reading_json(r)))
                             .collect(),
                     }

@@ -289,7 +289,10 @@ export async function devicePage(app: HTMLElement, id: string, params: URLSearch
         if (!follow || newChannel) continue;
         const col = shown.indexOf(r.channel) + 1;
         const v = r.values[quantity];
-        if (tier.dataset.tier === "raw" && col > 0 && typeof v === "number") {
+        const lastT = cols[0].length ? (cols[0][cols[0].length - 1] as number) : -Infinity;
+        // A late reading (older than the chart's end) is drawn by the next refetch, not
+        // appended out of order.
+        if (tier.dataset.tier === "raw" && col > 0 && typeof v === "number" && r.ts / 1000 > lastT) {
           cols.forEach((c, i) => c.push(i === 0 ? r.ts / 1000 : i === col ? v : null));
           phaseAdds.set(r.channel, [...(phaseAdds.get(r.channel) ?? []), [r.ts / 1000, v]]);
           to = Math.max(to, Date.now(), r.ts + 1);
