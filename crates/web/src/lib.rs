@@ -224,29 +224,77 @@ pub fn router(state: AppState) -> Router {
         .into_iter()
         .fold(Router::new(), |router, r| {
             let handler = if r.rate_limited {
-                r.handler
-                    .layer(ingest_limit.clone())
-                    .layer(axum::middleware::map_response(close_if_refused_early))
+                r.handler.layer(ingest_limit.clone())
             } else {
                 r.handler
             };
             router.route(r.path, handler)
         })
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(close_if_body_unread))
         .with_state(state)
 }
 
-/// Ingest answers 401, 403, 413 and 429 before reading the body. The unread body makes the
-/// connection unusable, so the answer says `Connection: close`; a client that reused it
-/// would otherwise see its next request fail with a reset instead of getting an answer.
-async fn close_if_refused_early(mut response: Response) -> Response {
-    if matches!(response.status().as_u16(), 401 | 403 | 413 | 429) {
+/// Answers given before the request body was read to its end (a refused token, a missing
+/// right, a body over the limit, a rate limit) say `Connection: close`. The unread rest makes
+/// the connection unusable, and a client that reused it would see its next request fail
+/// with a reset instead of getting an answer. Which answers those are is learnt by watching
+/// the body, not by listing status codes: any route with a body can refuse early.
+async fn close_if_body_unread(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use http_body::Body as _;
+    if request.body().is_end_stream() {
+        return next.run(request).await;
+    }
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (parts, body) = request.into_parts();
+    let body = axum::body::Body::new(WatchedBody {
+        inner: body,
+        finished: Arc::clone(&finished),
+    });
+    let mut response = next
+        .run(axum::extract::Request::from_parts(parts, body))
+        .await;
+    if !finished.load(std::sync::atomic::Ordering::Relaxed) {
         response.headers_mut().insert(
             header::CONNECTION,
             axum::http::HeaderValue::from_static("close"),
         );
     }
     response
+}
+
+/// A request body that notes when it has been read to its end.
+struct WatchedBody {
+    inner: axum::body::Body,
+    finished: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl http_body::Body for WatchedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.finished
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
