@@ -88,13 +88,18 @@ async fn wait_for_http(addr: &str) -> anyhow::Result<()> {
     anyhow::bail!("the server did not start listening on {addr}")
 }
 
-/// Opens TCP enrollment for `site` so the farm's socket meters get devices.
-fn open_enrollment(http: &str, token: &str, site: &str, tz: &str) -> anyhow::Result<()> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+/// A client for the demo's own calls to the API: statuses are answers to check, not errors.
+fn api_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(30)))
         .build()
-        .into();
+        .into()
+}
+
+/// Opens TCP enrollment for `site` so the farm's socket meters get devices.
+fn open_enrollment(http: &str, token: &str, site: &str, tz: &str) -> anyhow::Result<()> {
+    let agent = api_agent();
     let auth = format!("Token {token}");
     let body = serde_json::json!({"id": site, "name": "Mining farm", "timezone": tz}).to_string();
     let status = agent
@@ -132,11 +137,7 @@ fn ensure_demo_user(
     if path.exists() {
         return Ok(path);
     }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
+    let agent = api_agent();
     let auth = format!("Token {token}");
     // Not "demo_…": a password may not contain the e-mail's name part.
     let password = wattline_web::auth::new_token("wlp");

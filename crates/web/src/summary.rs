@@ -99,6 +99,16 @@ struct DeviceSums {
     minutes: BTreeMap<i64, f64>,
 }
 
+/// The registered devices that `keep` accepts.
+async fn devices_where(
+    state: &AppState,
+    keep: impl Fn(&Device) -> bool,
+) -> Result<Vec<Device>, wattline_storage::StoreError> {
+    let mut devices = state.engine.store().list_devices().await?;
+    devices.retain(|d| keep(d));
+    Ok(devices)
+}
+
 pub async fn site_summary(
     State(state): State<AppState>,
     caller: Caller,
@@ -120,14 +130,7 @@ pub async fn site_summary(
     let month_start = local_month(now, &tz).0;
     let history_start = TsMs(now.0 - HISTORY_MS).minute_start();
 
-    let devices: Vec<Device> = state
-        .engine
-        .store()
-        .list_devices()
-        .await?
-        .into_iter()
-        .filter(|d| d.site == site.id)
-        .collect();
+    let devices = devices_where(&state, |d| d.site == site.id).await?;
 
     let mut rows = Vec::with_capacity(devices.len());
     let mut counted: Vec<Vec<SeriesId>> = Vec::with_capacity(devices.len());
@@ -293,15 +296,10 @@ pub async fn device_stats(
     } else {
         BucketTier::Hour
     };
-    let devices: Vec<Device> = state
-        .engine
-        .store()
-        .list_devices()
-        .await?
-        .into_iter()
-        .filter(|d| caller.principal.may_read_site(&d.site))
-        .filter(|d| site.as_ref().is_none_or(|s| *s == d.site))
-        .collect();
+    let devices = devices_where(&state, |d| {
+        caller.principal.may_read_site(&d.site) && site.as_ref().is_none_or(|s| *s == d.site)
+    })
+    .await?;
     let engine = &state.engine;
     let rows: Vec<DeviceStats> = futures::stream::iter(devices)
         .map(|d| async move {
